@@ -1,0 +1,157 @@
+"""Domain records: what the billing rules need to know about one patient, and nothing about FHIR.
+
+`fhir_mapping` turns FHIR JSON into these records; `billing` decides on them. All datetimes are
+timezone-aware (a time read without an offset was placed in the practice time zone by the mapper, which
+then sets `naive_time` so the engine can flag it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class PartyKind(StrEnum):
+    """Who took part in a communication, resolved from a FHIR reference."""
+
+    PATIENT = "patient"  # the patient themself
+    CAREGIVER = "caregiver"  # RelatedPerson of this patient with a recorded relationship
+    RELATED_PERSON = "related-person"  # RelatedPerson not verifiable as this patient's caregiver
+    PRACTITIONER = "practitioner"
+    PRACTITIONER_ROLE = "practitioner-role"
+    AI_SYSTEM = "ai-system"  # a Device without a patient: an automated calling system
+    DEVICE = "device"  # a patient's own device (not a conversation partner)
+    ORGANIZATION = "organization"
+    OTHER_PATIENT = "other-patient"
+    UNKNOWN = "unknown"  # unresolvable or unsupported reference
+
+    @property
+    def is_patient_side(self) -> bool:
+        return self in (PartyKind.PATIENT, PartyKind.CAREGIVER)
+
+    @property
+    def is_staff(self) -> bool:
+        return self in (PartyKind.PRACTITIONER, PartyKind.PRACTITIONER_ROLE)
+
+
+@dataclass(frozen=True, slots=True)
+class Party:
+    kind: PartyKind
+    reference: str  # e.g. "Practitioner/nurse-1"; "" when the resource had only a display
+    display: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRecord:
+    """An RPM Consent that passed the contract's selection (scope, category, provision type)."""
+
+    id: str
+    status: str  # "active" or "inactive"
+    start: datetime | None  # provision.period.start, else dateTime; None: no usable start
+    end: datetime | None  # exclusive instant; a date-only end already extended to the next local midnight
+    method: str  # "written" | "verbal"
+    recorded: datetime | None = None  # Consent.dateTime
+    naive_time: bool = False
+
+    @property
+    def revoked_without_end(self) -> bool:
+        """Inactive with no end date: the revocation time is unknown, so it cannot be counted."""
+        return self.status == "inactive" and self.end is None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    id: str
+    status: str | None
+    type_code: str | None = None  # first Device.type coding as "system|code"
+    type_display: str | None = None
+    display: str | None = None  # manufacturer/model for the log
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A device Observation (a physiologic reading), reduced to what the day count needs."""
+
+    id: str
+    time: datetime
+    device_id: str | None  # None: no Observation.device (patient-reported)
+    identifier: str | None = None  # "system|value" dedupe key
+    program: str | None = None  # care-program extension code; None means no attribution (RPM)
+    naive_time: bool = False
+    code_display: str | None = None
+
+
+class ActivityKind(StrEnum):
+    COMMUNICATION = "communication"
+    TIME_ENTRY = "time-entry"
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """A Communication (contact or attempt) or an RPM time-entry Observation.
+
+    Time: `start` is what places it in a month and is tested against consent. Duration: either an
+    interval (`start`..`end`), or a length only (`duration_seconds` with `end` None), or unknown
+    (`duration_seconds` None).
+    """
+
+    resource_type: str  # "Communication" | "Observation"
+    id: str
+    kind: ActivityKind
+    status: str
+    start: datetime | None
+    end: datetime | None = None
+    duration_seconds: int | None = None
+    duration_source: str | None = None  # "activity-period" | "encounter" | "effectivePeriod" | "valueQuantity"
+    # Communication
+    medium: tuple[str, ...] = ()  # v3-ParticipationMode codes
+    categories: tuple[str, ...] = ()  # communication-category codes
+    sender: Party | None = None
+    recipients: tuple[Party, ...] = ()
+    sent: datetime | None = None
+    status_reason: str | None = None
+    content: tuple[str, ...] = ()  # rpm-content codes
+    encounter_ref: str | None = None
+    # Time entry
+    activity_code: str | None = None  # rpm-activity code
+    performers: tuple[Party, ...] = ()
+    # Both
+    program: str | None = None  # care-program attribution; None means RPM
+    naive_time: bool = False
+    notes: tuple[str, ...] = ()  # free text for the log (never parsed to decide anything)
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource_type}/{self.id}"
+
+    @property
+    def has_interval(self) -> bool:
+        return self.start is not None and self.end is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ExistingCharge:
+    """A ChargeItem already on the server for this patient (any CPT code)."""
+
+    id: str | None
+    code: str  # CPT code
+    status: str
+    period_start: datetime | None = None  # occurrence (period start or dateTime)
+    period_end: datetime | None = None  # exclusive
+    charge_key: str | None = None  # identifier value under CANON/charge-key, if ours
+    quantity: int | None = None
+
+
+@dataclass(frozen=True)
+class PatientRecords:
+    """Everything read for one patient, ready for the engine."""
+
+    patient_id: str
+    consents: tuple[ConsentRecord, ...] = ()
+    devices: tuple[DeviceRecord, ...] = ()
+    readings: tuple[Reading, ...] = ()
+    activities: tuple[Activity, ...] = ()
+    charges: tuple[ExistingCharge, ...] = ()
+    display_name: str | None = None
+    extra_flags: tuple[str, ...] = field(default=())  # mapper findings to surface (e.g. skipped resources)
