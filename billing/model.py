@@ -103,7 +103,9 @@ class Activity:
     start: datetime | None
     end: datetime | None = None
     duration_seconds: int | None = None
-    duration_source: str | None = None  # "activity-period" | "encounter" | "effectivePeriod" | "valueQuantity"
+    duration_source: str | None = (
+        None  # "activity-period" | "encounter" | "effectivePeriod" | "valueQuantity"
+    )
     # Communication
     medium: tuple[str, ...] = ()  # v3-ParticipationMode codes
     categories: tuple[str, ...] = ()  # communication-category codes

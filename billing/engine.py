@@ -1,0 +1,551 @@
+"""The monthly decision for one patient: which RPM codes, and why (or why not) each one.
+
+`evaluate_month` is pure: the run's as-of time is an argument, so "month closed" and "window still open" are
+testable. It applies contract section 3 on records produced by `fhir_mapping`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from billing import codes as rules
+from billing.classify import chat_sessions, classify, describe, involves_ai, parties
+from billing.consent import Episode, consent_covering, episode_at, episodes
+from billing.minutes import MonthClock, activity_seconds
+from billing.model import Activity, ActivityKind, ConsentRecord, PartyKind, PatientRecords
+from billing.periods import Period, YearMonth, zone
+from billing.policy import Policy
+from billing.result import (
+    MANAGEMENT_CODES,
+    SETUP,
+    SUPPLY_CODES,
+    ActivityClass,
+    ActivityOutcome,
+    ChargeStatus,
+    CodeLine,
+    Flag,
+    MonthResult,
+    NotBilled,
+    SupplyWindow,
+    charge_key,
+)
+from billing.supply import (
+    QualifyingReading,
+    SkippedReading,
+    episode_windows,
+    qualify_readings,
+    skipped_counts,
+)
+
+PolicyForMonth = Callable[[YearMonth], Policy]
+
+
+class EngineError(ValueError):
+    """The engine was called with inconsistent arguments (a programming error, not bad data)."""
+
+
+@dataclass
+class _Findings:
+    """Accumulates codes, codes not billed and flags while the month is evaluated."""
+
+    codes: list[CodeLine]
+    not_billed: list[NotBilled]
+    flags: list[Flag]
+
+    def flag(self, code: str, message: str) -> None:
+        if not any(f.code == code and f.message == message for f in self.flags):
+            self.flags.append(Flag(code, message))
+
+
+def evaluate_month(
+    records: PatientRecords,
+    month: YearMonth,
+    policy: Policy,
+    as_of: datetime,
+    policy_for_month: PolicyForMonth | None = None,
+) -> MonthResult:
+    """Compute the month's code set for one patient under `policy`, as known at `as_of`.
+
+    `policy_for_month` gives the rule set of an earlier month, used to find the episode's 99453 window when
+    no policy was named (the month picks it); by default every month uses `policy`.
+    """
+    if as_of.tzinfo is None:
+        raise EngineError("as_of must be timezone-aware")
+    tz = zone(policy.timezone)
+    month_period = month.period(tz)
+    policy_at = policy_for_month or (lambda _month: policy)
+    found = _Findings([], [], [])
+    pid = records.patient_id
+
+    all_episodes = episodes(records.consents)
+    for consent in records.consents:
+        if consent.revoked_without_end:
+            found.flag(
+                "consent-inactive-without-end",
+                f"Consent/{consent.id} is inactive without an end date: not counted; "
+                "record the revocation date",
+            )
+
+    # Device data
+    qualifying, skipped = qualify_readings(records.readings, records.devices, all_episodes, tz)
+    windows: list[SupplyWindow] = []
+    for episode in all_episodes:
+        windows.extend(episode_windows(episode, qualifying, records.devices, tz, month.last_day, as_of))
+    month_windows = [w for w in windows if w.belongs_to == month]
+    shown_windows = [w for w in windows if w.first_day <= month.last_day and w.last_day >= month.first_day]
+    data_days_in_month = len({q.day for q in qualifying if month.contains(q.day)})
+
+    # Activities of the month (by their start), in time order
+    month_activities = sorted(
+        (a for a in records.activities if a.start is not None and month_period.contains(a.start)),
+        key=lambda a: (a.start, a.id),
+    )
+    outcomes, total_seconds = _month_outcomes(month_activities, all_episodes, policy)
+    interactive = [o for o in outcomes if o.activity_class is ActivityClass.INTERACTIVE]
+    attempts = [o for o in outcomes if o.attempt]
+
+    # Codes
+    evidence_base = _consent_refs(records.consents, all_episodes, month_period) + tuple(
+        f"Device/{d.id}" for d in records.devices if d.status != "entered-in-error"
+    )
+    _management(records, month_period, policy, as_of, outcomes, total_seconds, evidence_base, found)
+    for window in month_windows:
+        _supply(records, window, policy, _window_evidence(window, records, all_episodes, qualifying), found)
+    if not month_windows:
+        found.not_billed.append(NotBilled("99454/99445", _no_window_reason(month, shown_windows, qualifying)))
+    _setup(records, month, windows, qualifying, all_episodes, policy_at, found)
+
+    _flags(
+        records,
+        month,
+        month_period,
+        policy,
+        outcomes,
+        month_windows,
+        shown_windows,
+        qualifying,
+        skipped,
+        data_days_in_month,
+        found,
+    )
+    return MonthResult(
+        patient_id=pid,
+        month=month,
+        policy=policy,
+        as_of=as_of,
+        month_period=month_period,
+        preview=not month_period.is_closed(as_of),
+        consents=records.consents,
+        episodes=tuple(Period(e.start, e.end) if e.end else Period(e.start, _OPEN) for e in all_episodes),
+        devices=records.devices,
+        windows=tuple(shown_windows),
+        activities=tuple(outcomes),
+        total_seconds=total_seconds,
+        interactive_count=len(interactive),
+        attempt_count=len(attempts),
+        data_days_in_month=data_days_in_month,
+        readings_skipped=skipped_counts(
+            s for s in skipped if _in_any(s.reading.time, [month_period, *(w.period for w in month_windows)])
+        ),
+        codes=tuple(found.codes),
+        not_billed=tuple(found.not_billed),
+        flags=tuple(found.flags),
+        display_name=records.display_name,
+    )
+
+
+_OPEN = datetime.max.replace(tzinfo=zone("UTC"))
+
+
+def _in_any(moment: datetime, periods: Sequence[Period]) -> bool:
+    return any(p.contains(moment) for p in periods)
+
+
+def _month_outcomes(
+    activities: Sequence[Activity], all_episodes: Sequence[Episode], policy: Policy
+) -> tuple[list[ActivityOutcome], int]:
+    """Classify the month's activities and run the month clock over the ones whose time counts."""
+    chat_ids = chat_sessions(
+        [a for a in activities if a.program in (None, "rpm") and episode_at(all_episodes, a.start)], policy
+    )
+    clock = MonthClock()
+    outcomes: list[ActivityOutcome] = []
+    for activity in activities:
+        if activity.program not in (None, "rpm"):
+            outcomes.append(
+                _not_counted(
+                    activity,
+                    f"Attributed to the {activity.program.upper()} program, not RPM: no minute counts twice",
+                    "time attributed to another program never counts for RPM",
+                    clock.total_seconds,
+                )
+            )
+            continue
+        if episode_at(all_episodes, activity.start) is None:
+            outcomes.append(
+                _not_counted(
+                    activity,
+                    "Outside RPM consent: never counts",
+                    "outside RPM consent",
+                    clock.total_seconds,
+                    in_consent=False,
+                )
+            )
+            continue
+        decision = classify(activity, policy, in_chat_session=activity.id in chat_ids)
+        added = clock.add(activity) if decision.counts_minutes else 0
+        outcomes.append(
+            ActivityOutcome(
+                activity=activity,
+                activity_class=decision.activity_class,
+                reason=decision.reason,
+                counts_minutes=decision.counts_minutes,
+                minutes_reason=decision.minutes_reason,
+                added_seconds=added,
+                cumulative_seconds=clock.total_seconds,
+                attempt=decision.attempt,
+            )
+        )
+    return outcomes, clock.total_seconds
+
+
+def _not_counted(
+    activity: Activity, reason: str, minutes_reason: str, running: int, in_consent: bool = True
+) -> ActivityOutcome:
+    return ActivityOutcome(
+        activity=activity,
+        activity_class=ActivityClass.NON_INTERACTIVE,
+        reason=reason,
+        counts_minutes=False,
+        minutes_reason=minutes_reason,
+        added_seconds=0,
+        cumulative_seconds=running,
+        attempt=activity.status == "not-done",
+        in_consent=in_consent,
+    )
+
+
+def _consent_refs(
+    consents: Sequence[ConsentRecord], all_episodes: Sequence[Episode], period: Period
+) -> tuple[str, ...]:
+    ids = [
+        c.id
+        for c in consents
+        if not c.revoked_without_end and c.start is not None and period.overlaps(c.start, c.end)
+    ]
+    if not ids:  # evidence for a window that overlaps the month only partly: the episodes' consents
+        ids = [cid for e in all_episodes if period.overlaps(e.start, e.end) for cid in e.consent_ids]
+    return tuple(f"Consent/{cid}" for cid in dict.fromkeys(ids))
+
+
+def _status(period: Period, as_of: datetime) -> ChargeStatus:
+    """Billable only once the period has ended; until then a preview, written as planned."""
+    return ChargeStatus.BILLABLE if period.is_closed(as_of) else ChargeStatus.PLANNED
+
+
+def _management(
+    records: PatientRecords,
+    month_period: Period,
+    policy: Policy,
+    as_of: datetime,
+    outcomes: Sequence[ActivityOutcome],
+    total_seconds: int,
+    evidence_base: tuple[str, ...],
+    found: _Findings,
+) -> None:
+    minutes = total_seconds // 60
+    counted = [o for o in outcomes if o.counts_minutes and o.in_consent]
+    interactive = [o for o in outcomes if o.activity_class is ActivityClass.INTERACTIVE]
+
+    def refuse_all(reason: str) -> None:
+        for code in MANAGEMENT_CODES:
+            if code == "99470" and not policy.has_99470:
+                reason_here = f"99470 is not in the {policy.name} rule set"
+            else:
+                reason_here = reason
+            found.not_billed.append(NotBilled(code, reason_here, month_period))
+
+    if not counted and not interactive:
+        refuse_all("no qualifying treatment-management activity this month while RPM consent was in force")
+        return
+    if not interactive:
+        refuse_all(
+            f"{minutes} minutes but no interactive communication with the patient or caregiver this month"
+        )
+        return
+    blocker = rules.rtm_block(records.charges, month_period)
+    billed, not_billed = rules.management_codes(minutes, policy)
+    for pick in not_billed:
+        found.not_billed.append(NotBilled(pick.code, pick.reason, month_period))
+    evidence = evidence_base + tuple(o.activity.reference for o in interactive)
+    for pick in billed:
+        if blocker is not None:
+            found.not_billed.append(NotBilled(pick.code, _rtm_reason(blocker), month_period))
+            continue
+        found.codes.append(
+            CodeLine(
+                code=pick.code,
+                units=pick.units,
+                period=month_period,
+                status=_status(month_period, as_of),
+                reason=f"{pick.reason}; {len(interactive)} interactive communication(s)",
+                charge_key=charge_key(records.patient_id, pick.code, month_period.first_day),
+                evidence=evidence,
+            )
+        )
+
+
+def _rtm_reason(charge: rules.ExistingCharge) -> str:
+    ref = f"ChargeItem/{charge.id}" if charge.id else "an existing charge"
+    return f"RPM and RTM are never billed for the same period: RTM {charge.code} ({ref}) overlaps it"
+
+
+def _window_label(window: SupplyWindow) -> str:
+    return f"30-day window {window.first_day.isoformat()} to {window.last_day.isoformat()}"
+
+
+def _supply(
+    records: PatientRecords,
+    window: SupplyWindow,
+    policy: Policy,
+    evidence: tuple[str, ...],
+    found: _Findings,
+) -> None:
+    label = _window_label(window)
+    if window.day_count == 0:
+        for code in SUPPLY_CODES:
+            found.not_billed.append(
+                NotBilled(
+                    code, f"{label}: no qualifying reading while RPM consent was in force", window.period
+                )
+            )
+        return
+    pick, not_billed = rules.supply_code(window.day_count, policy)
+    for item in not_billed:
+        found.not_billed.append(NotBilled(item.code, f"{label}: {item.reason}", window.period))
+    if pick is None:
+        return
+    blocker = rules.rtm_block(records.charges, window.period)
+    if blocker is not None:
+        found.not_billed.append(NotBilled(pick.code, f"{label}: {_rtm_reason(blocker)}", window.period))
+        return
+    found.codes.append(
+        CodeLine(
+            code=pick.code,
+            units=1,
+            period=window.period,
+            status=ChargeStatus.BILLABLE if window.closed else ChargeStatus.PLANNED,
+            reason=f"{label}: {pick.reason}" + ("" if window.closed else " so far (window still open)"),
+            charge_key=charge_key(records.patient_id, pick.code, window.first_day),
+            evidence=evidence,
+        )
+    )
+
+
+def _window_evidence(
+    window: SupplyWindow,
+    records: PatientRecords,
+    all_episodes: Sequence[Episode],
+    qualifying: Sequence[QualifyingReading],
+) -> tuple[str, ...]:
+    """The consents in force during the window and the devices whose readings it counted."""
+    devices = {
+        q.reading.device_id
+        for q in qualifying
+        if window.first_day <= q.day <= window.last_day and q.reading.device_id
+    }
+    consents = _consent_refs(records.consents, all_episodes, window.period)
+    return consents + tuple(f"Device/{d}" for d in sorted(devices))
+
+
+def _no_window_reason(
+    month: YearMonth, shown: Sequence[SupplyWindow], qualifying: Sequence[QualifyingReading]
+) -> str:
+    if not qualifying:
+        return "no qualifying device reading while RPM consent was in force: no 30-day window has started"
+    if shown:
+        current = shown[-1]
+        return (
+            f"no 30-day window ends in {month}; the current window {current.first_day.isoformat()} to "
+            f"{current.last_day.isoformat()} belongs to {current.belongs_to}"
+        )
+    return f"no 30-day window of an episode overlaps {month}"
+
+
+def _setup(
+    records: PatientRecords,
+    month: YearMonth,
+    windows: Sequence[SupplyWindow],
+    qualifying: Sequence[QualifyingReading],
+    all_episodes: Sequence[Episode],
+    policy_at: PolicyForMonth,
+    found: _Findings,
+) -> None:
+    """99453 goes with the episode's earliest window reaching the 99453 minimum, in that window's month."""
+    pid = records.patient_id
+    existing = rules.active_charges(records.charges, (SETUP,))
+    any_setup_window = False
+    for episode in all_episodes:
+        own = [w for w in windows if w.episode_index == episode.index]
+        setup_window = next((w for w in own if w.day_count >= policy_at(w.belongs_to).setup_min_days), None)
+        if setup_window is None:
+            continue
+        any_setup_window = True
+        key = charge_key(pid, SETUP, setup_window.first_day)
+        label = _window_label(setup_window)
+        blockers = [
+            c for c in existing if c.charge_key != key and _blocks_setup(c, episode, policy_at(month))
+        ]
+        owner = setup_window.belongs_to
+        if owner > month:
+            continue
+        if owner < month:
+            if blockers or any(c.charge_key == key for c in existing):
+                continue
+            found.flag("setup-earlier-month", f"99453 belongs to {owner}, not billed")
+            continue
+        if blockers:
+            ref = ", ".join(f"ChargeItem/{c.id}" if c.id else c.charge_key or "?" for c in blockers)
+            found.not_billed.append(
+                NotBilled(SETUP, f"set-up already billed once for this patient ({ref})", setup_window.period)
+            )
+            continue
+        rtm = rules.rtm_block(records.charges, setup_window.period)
+        if rtm is not None:
+            found.not_billed.append(NotBilled(SETUP, f"{label}: {_rtm_reason(rtm)}", setup_window.period))
+            continue
+        minimum = policy_at(owner).setup_min_days
+        found.codes.append(
+            CodeLine(
+                code=SETUP,
+                units=1,
+                period=setup_window.period,
+                status=ChargeStatus.BILLABLE if setup_window.closed else ChargeStatus.PLANNED,
+                reason=(
+                    f"Set-up and education: first {label} of the episode reaching {minimum} data days "
+                    f"({setup_window.day_count})"
+                ),
+                charge_key=key,
+                evidence=_window_evidence(setup_window, records, all_episodes, qualifying),
+            )
+        )
+    if not any(line.code == SETUP for line in found.codes):
+        if not any_setup_window:
+            minimum = policy_at(month).setup_min_days
+            reason = f"no 30-day window of the episode has reached {minimum} data days yet"
+            if not qualifying:
+                reason = "no qualifying device reading while RPM consent was in force"
+        else:
+            reason = (
+                "set-up goes with the episode's first qualifying window, which does not end in this month"
+            )
+        if not any(n.code == SETUP for n in found.not_billed):
+            found.not_billed.append(NotBilled(SETUP, reason))
+
+
+def _blocks_setup(charge: rules.ExistingCharge, episode: Episode, policy: Policy) -> bool:
+    """An existing 99453 blocks a new one: any earlier 99453 by default, only this episode's when the
+    policy allows re-billing in a new episode (a charge without an occurrence blocks, to be safe)."""
+    if not policy.rebill_99453_new_episode:
+        return True
+    if charge.period_start is None:
+        return True
+    return charge.period_start >= episode.start
+
+
+def _flags(
+    records: PatientRecords,
+    month: YearMonth,
+    month_period: Period,
+    policy: Policy,
+    outcomes: Sequence[ActivityOutcome],
+    month_windows: Sequence[SupplyWindow],
+    shown_windows: Sequence[SupplyWindow],
+    qualifying: Sequence[QualifyingReading],
+    skipped: Sequence[SkippedReading],
+    data_days_in_month: int,
+    found: _Findings,
+) -> None:
+    billed_management = [c for c in found.codes if c.code in MANAGEMENT_CODES]
+    if billed_management and data_days_in_month < 2:
+        found.flag(
+            "low-data-days",
+            f"treatment management billed in a month with {data_days_in_month} data day(s) (fewer than 2)",
+        )
+    # Consent recorded after care it covers.
+    counted_times = [
+        o.activity.start for o in outcomes if o.counts_minutes and o.in_consent and o.activity.start
+    ]
+    window_periods = [w.period for w in month_windows]
+    counted_times += [
+        q.reading.time for q in qualifying if _in_any(q.reading.time, [month_period, *window_periods])
+    ]
+    for consent in records.consents:
+        if consent.recorded is None or consent.revoked_without_end:
+            continue
+        covered = [t for t in counted_times if consent_covering([consent], t) is not None]
+        if covered and min(covered) < consent.recorded:
+            found.flag(
+                "consent-after-first-use",
+                f"Consent/{consent.id} dateTime {consent.recorded.isoformat()} is later than the first "
+                f"counted activity or reading ({min(covered).isoformat()})",
+            )
+    relevant = [s for s in skipped if _in_any(s.reading.time, [month_period, *window_periods])]
+    for reason, count in skipped_counts(relevant):
+        found.flag("readings-skipped", f"{count} reading(s) skipped: {reason}")
+    for outcome in outcomes:
+        activity = outcome.activity
+        relevant_activity = outcome.in_consent and (
+            outcome.counts_minutes or outcome.activity_class is ActivityClass.INTERACTIVE
+        )
+        if not relevant_activity:
+            continue
+        if activity_seconds(activity) is None:
+            found.flag(
+                "missing-duration",
+                f"{activity.reference} ({describe(activity)}) has no duration: counted as 0 minutes",
+            )
+        if not _has_performer(activity):
+            found.flag("missing-performer", f"{activity.reference} ({describe(activity)}) has no performer")
+        if outcome.activity_class is ActivityClass.INTERACTIVE and involves_ai(activity):
+            found.flag("ai-contact", f"{activity.reference} was an AI-system contact: review before billing")
+    for window in month_windows:
+        if len(window.device_types) > 1:
+            found.flag(
+                "multiple-device-types",
+                f"{_window_label(window)} has readings from {len(window.device_types)} device types: "
+                + ", ".join(window.device_types),
+            )
+    attempts = sum(1 for o in outcomes if o.attempt and o.in_consent)
+    if attempts and not any(o.activity_class is ActivityClass.INTERACTIVE for o in outcomes):
+        found.flag("unreachable", f"{attempts} attempts, no interactive contact")
+    naive = [o.activity.reference for o in outcomes if o.activity.naive_time]
+    naive += [
+        f"Observation/{q.reading.id}"
+        for q in qualifying
+        if q.reading.naive_time and _in_any(q.reading.time, [month_period, *window_periods])
+    ]
+    naive += [f"Consent/{c.id}" for c in records.consents if c.naive_time]
+    if naive:
+        found.flag(
+            "time-without-offset",
+            f"{len(naive)} time(s) without a UTC offset read in {policy.timezone}: "
+            + ", ".join(naive[:10])
+            + (" ..." if len(naive) > 10 else ""),
+        )
+    for charge in rules.rtm_without_occurrence(records.charges):
+        found.flag(
+            "rtm-without-occurrence",
+            f"RTM charge {charge.code} (ChargeItem/{charge.id}) has no occurrence: "
+            "it blocks nothing; check it",
+        )
+    for text in records.extra_flags:
+        found.flag("input", text)
+
+
+def _has_performer(activity: Activity) -> bool:
+    if activity.kind is ActivityKind.TIME_ENTRY:
+        return bool(activity.performers)
+    return any(p.kind.is_staff or p.kind is PartyKind.AI_SYSTEM for p in parties(activity))

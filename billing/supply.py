@@ -1,0 +1,138 @@
+"""Device data: which readings qualify, data days, and the 30-day supply windows."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from billing.consent import Episode, episode_at
+from billing.model import DeviceRecord, Reading
+from billing.periods import Period, window_days
+from billing.result import SupplyWindow
+
+# Why a reading does not count, in words a billing person understands.
+SKIP_PATIENT_REPORTED = "patient-reported (no device)"
+SKIP_NOT_RPM_DEVICE = "not one of the patient's RPM devices"
+SKIP_OTHER_PROGRAM = "attributed to another care program"
+SKIP_OUTSIDE_CONSENT = "outside RPM consent"
+
+
+@dataclass(frozen=True)
+class QualifyingReading:
+    reading: Reading
+    episode: Episode
+    day: date  # local date in the practice zone
+
+
+@dataclass(frozen=True)
+class SkippedReading:
+    reading: Reading
+    reason: str
+
+
+def qualify_readings(
+    readings: Iterable[Reading],
+    devices: Sequence[DeviceRecord],
+    all_episodes: Sequence[Episode],
+    tz: ZoneInfo,
+) -> tuple[list[QualifyingReading], list[SkippedReading]]:
+    """Split readings into qualifying ones (deduplicated) and skipped ones with the reason.
+
+    Readings sharing an identifier are one reading; among its qualifying copies the earliest time is its time.
+    """
+    rpm_devices = {d.id for d in devices if d.status != "entered-in-error"}
+    skipped: list[SkippedReading] = []
+    best_by_identifier: dict[str, QualifyingReading] = {}
+    qualifying: list[QualifyingReading] = []
+    for reading in readings:
+        reason = _skip_reason(reading, rpm_devices)
+        episode = None
+        if reason is None:
+            episode = episode_at(all_episodes, reading.time)
+            if episode is None:
+                reason = SKIP_OUTSIDE_CONSENT
+        if reason is not None or episode is None:
+            skipped.append(SkippedReading(reading, reason or SKIP_OUTSIDE_CONSENT))
+            continue
+        item = QualifyingReading(reading, episode, reading.time.astimezone(tz).date())
+        if reading.identifier is None:
+            qualifying.append(item)
+            continue
+        kept = best_by_identifier.get(reading.identifier)
+        if kept is None or reading.time < kept.reading.time:
+            best_by_identifier[reading.identifier] = item
+    qualifying.extend(best_by_identifier.values())
+    qualifying.sort(key=lambda q: (q.reading.time, q.reading.id))
+    return qualifying, skipped
+
+
+def _skip_reason(reading: Reading, rpm_devices: set[str]) -> str | None:
+    if reading.program not in (None, "rpm"):
+        return SKIP_OTHER_PROGRAM
+    if reading.device_id is None:
+        return SKIP_PATIENT_REPORTED
+    if reading.device_id not in rpm_devices:
+        return SKIP_NOT_RPM_DEVICE
+    return None
+
+
+def episode_windows(
+    episode: Episode,
+    qualifying: Sequence[QualifyingReading],
+    devices: Sequence[DeviceRecord],
+    tz: ZoneInfo,
+    until: date,
+    as_of: datetime,
+) -> list[SupplyWindow]:
+    """Contiguous 30-day windows of one episode, anchored at its first qualifying reading.
+
+    Windows are never stretched; a window keeps its 30 days when consent ends inside it (only the episode's
+    readings count, which by construction fell while consent was in force); no window starts after the
+    episode ends, nor after `until`.
+    """
+    own = [q for q in qualifying if q.episode.index == episode.index]
+    if not own:
+        return []
+    anchor = own[0].day
+    last_start = until
+    if episode.end is not None:
+        # The instant the episode ends belongs to the previous local day when it is exactly midnight.
+        end_day = (episode.end.astimezone(tz) - _EPSILON).date()
+        last_start = min(last_start, end_day)
+    device_type = {d.id: d.type_code or d.type_display or "unknown" for d in devices}
+    windows: list[SupplyWindow] = []
+    index = 0
+    while True:
+        first, last = window_days(anchor, index)
+        if first > last_start:
+            break
+        in_window = [q for q in own if first <= q.day <= last]
+        period = Period.of_days(first, last, tz)
+        windows.append(
+            SupplyWindow(
+                episode_index=episode.index,
+                index=index,
+                first_day=first,
+                last_day=last,
+                period=period,
+                data_days=tuple(sorted({q.day for q in in_window})),
+                device_types=tuple(
+                    sorted({device_type.get(q.reading.device_id or "", "unknown") for q in in_window})
+                ),
+                closed=period.is_closed(as_of),
+                reading_refs=tuple(f"Observation/{q.reading.id}" for q in in_window),
+            )
+        )
+        index += 1
+    return windows
+
+
+def skipped_counts(skipped: Iterable[SkippedReading]) -> tuple[tuple[str, int], ...]:
+    counts = Counter(s.reason for s in skipped)
+    return tuple(sorted(counts.items()))
+
+
+_EPSILON = timedelta(microseconds=1)
