@@ -182,17 +182,19 @@ def _interactive_test(
         if involves_ai(activity) and not policy.ai_contacts:
             return False, f"AI-system contacts are not allowed under policy {policy.name}"
         return False, "No clinical staff member on the other side of the conversation"
-    if not activity.content:
-        return False, "No clinical content recorded (no rpm-content topic or reason)"
-    if is_chat and not live_media.intersection(activity.medium) and not in_chat_session:
+    chat_only = is_chat and not live_media.intersection(activity.medium)
+    if chat_only and not in_chat_session:
         return False, "Secure message outside a live chat session (alternating replies within the window)"
+    # In a live chat session the clinical content may sit in any message of the session.
+    if not activity.content and not chat_only:
+        return False, "No clinical content recorded (no rpm-content topic or reason)"
     with_whom = (
         "caregiver"
         if any(p.kind is PartyKind.CAREGIVER for p in parties(activity))
         and not any(p.kind is PartyKind.PATIENT for p in parties(activity))
         else "patient"
     )
-    topics = ", ".join(c.replace("-", " ") for c in activity.content)
+    topics = ", ".join(c.replace("-", " ") for c in activity.content) or "the session's clinical content"
     by = " by an AI calling system" if via_ai else ""
     kind = "live chat session" if is_chat and in_chat_session else what
     return True, f"Completed {kind}{by} with the {with_whom} about {topics}: interactive communication"
