@@ -44,7 +44,9 @@ from fhir_mapping.monthly_log import (
 )
 from fhir_mapping.validate import validate_resource
 
-HTML_CONTENT_TYPE = "text/html;charset=utf-8"  # the form EHR document APIs list (e.g. Oracle Health)
+# Exactly the contract's "text/html"; the HTML itself declares <meta charset="utf-8">. (Oracle Health lists
+# "text/html;charset=utf-8": a vendor adapter can override this.)
+HTML_CONTENT_TYPE = "text/html"
 JSON_CONTENT_TYPE = "application/json"  # JSON is UTF-8 by definition (RFC 8259): no charset parameter
 
 # Statuses a run may set on a resource it wrote earlier (never edited otherwise).

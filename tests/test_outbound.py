@@ -240,7 +240,7 @@ def test_document_type_is_configurable() -> None:
 @pytest.mark.parametrize(
     ("kind", "content_type", "render"),
     [
-        ("text/html", "text/html;charset=utf-8", render_log_html),
+        ("text/html", "text/html", render_log_html),
         ("application/json", "application/json", log_json_text),
     ],
 )
