@@ -1,0 +1,190 @@
+"""FHIR `date`, `dateTime` and `instant` values, and UCUM durations, read tolerantly.
+
+FHIR requires an offset on every time of day; feeds often omit it. Such a time is read in the practice time
+zone and marked `naive` so the engine can flag it. Choices (also in the report to the lead):
+
+- A date-only value where an instant is needed is local midnight of that date in the practice zone (not
+  flagged as naive: a date is legitimately zone-free in FHIR).
+- Year or year-month values are too imprecise to place a reading or an activity: rejected.
+- Tolerated vendor quirks: a time without seconds (`10:30`), an offset without a colon (`+0100`), a
+  lower-case `z`, fractional seconds of any length (cut to microseconds), the leap second `:60` (read as
+  `:59`). Not tolerated: `24:00` (not valid FHIR), out-of-range fields, offsets beyond +/-14:00.
+- FHIR periods are inclusive at the precision given (`end` 2026-03-31 covers that whole day). The domain's
+  ends are exclusive, so `FhirTime.exclusive_end` adds one unit of the value's precision.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
+from decimal import Decimal
+from enum import StrEnum
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from fhir_mapping.canon import UCUM
+from fhir_mapping.issues import MappingError, quote
+
+
+class FhirTimeError(MappingError):
+    """A date/time value that cannot be read; the message names the field and the value."""
+
+
+class Precision(StrEnum):
+    DAY = "day"
+    MINUTE = "minute"
+    SECOND = "second"
+    FRACTION = "fraction"
+
+
+@dataclass(frozen=True, slots=True)
+class FhirTime:
+    """An aware instant read from FHIR, with how precisely it was given."""
+
+    moment: datetime  # aware; a date-only value is local midnight in the practice zone
+    precision: Precision
+    naive: bool = False  # a time of day without an offset, placed in the practice zone
+    fraction_digits: int = 0
+
+    def exclusive_end(self) -> datetime:
+        """The first instant after this value as an inclusive FHIR `Period.end`.
+
+        A date covers its whole local day (next local midnight, DST-safe); a time covers its last unit.
+        """
+        if self.precision is Precision.DAY:
+            return _midnight(self.moment.date() + timedelta(days=1), self.moment.tzinfo)
+        if self.precision is Precision.MINUTE:
+            return self.moment + timedelta(minutes=1)
+        if self.precision is Precision.SECOND:
+            return self.moment + timedelta(seconds=1)
+        step = max(1, 10 ** (6 - min(self.fraction_digits, 6)))
+        return self.moment + timedelta(microseconds=step)
+
+
+_DATETIME = re.compile(
+    r"(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
+    r"(?:T(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:\.(?P<fraction>\d+))?)?"
+    r"(?P<offset>[Zz]|[+-]\d{2}:?\d{2})?)?)?)?"
+)
+_OFFSET = re.compile(r"([+-])(\d{2}):?(\d{2})")
+
+
+def _midnight(day: date, tz: tzinfo | None) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=tz)
+
+
+@lru_cache(maxsize=256)
+def _fixed_offset(text: str) -> timezone | None:
+    """`Z`, `+05:30`, `-0400` as a fixed-offset tzinfo; None when out of FHIR's range."""
+    if text in ("Z", "z"):
+        return UTC
+    match = _OFFSET.fullmatch(text)
+    if match is None:
+        return None
+    hours, minutes = int(match.group(2)), int(match.group(3))
+    if minutes > 59 or hours * 60 + minutes > 14 * 60:
+        return None
+    delta = timedelta(hours=hours, minutes=minutes)
+    return timezone(-delta if match.group(1) == "-" else delta)
+
+
+def parse_time(value: object, tz: ZoneInfo, field: str) -> FhirTime:
+    """Read a FHIR date/dateTime/instant where an instant is needed.
+
+    Raises FhirTimeError naming `field` and the value when it is not a usable FHIR date or time.
+    """
+    if not isinstance(value, str):
+        raise FhirTimeError(f"{field} {quote(value)} is not a FHIR dateTime (not a string)")
+    match = _DATETIME.fullmatch(value.strip())
+    if match is None:
+        raise FhirTimeError(f"{field} {quote(value)} is not a FHIR dateTime")
+    parts = match.groupdict()
+    if parts["day"] is None:
+        raise FhirTimeError(f"{field} {quote(value)} is too imprecise: a full date is needed")
+    try:
+        day = date(int(parts["year"]), int(parts["month"]), int(parts["day"]))
+    except ValueError:
+        raise FhirTimeError(f"{field} {quote(value)} is not a FHIR dateTime (no such date)") from None
+    if parts["hour"] is None:
+        return FhirTime(_midnight(day, tz), Precision.DAY)
+    return _with_time(value, day, parts, tz, field)
+
+
+def _with_time(value: str, day: date, parts: dict[str, str | None], tz: ZoneInfo, field: str) -> FhirTime:
+    hour, minute = int(parts["hour"] or 0), int(parts["minute"] or 0)
+    second = int(parts["second"]) if parts["second"] is not None else 0
+    if hour == 24:
+        raise FhirTimeError(f"{field} {quote(value)} is not a FHIR dateTime (24:00 is not a valid time)")
+    if hour > 23 or minute > 59 or second > 60:
+        raise FhirTimeError(f"{field} {quote(value)} is not a FHIR dateTime (time out of range)")
+    second = min(second, 59)  # a leap second is read as the last second of its minute
+    fraction = parts["fraction"] or ""
+    micro = int((fraction + "000000")[:6]) if fraction else 0
+    if parts["offset"] is None:
+        zone_info: tzinfo = tz
+        naive = True
+    else:
+        offset = _fixed_offset(parts["offset"])
+        if offset is None:
+            raise FhirTimeError(f"{field} {quote(value)} is not a FHIR dateTime (offset out of range)")
+        zone_info, naive = offset, False
+    moment = datetime.combine(day, time(hour, minute, second, micro), tzinfo=zone_info)
+    if fraction:
+        precision = Precision.FRACTION
+    elif parts["second"] is not None:
+        precision = Precision.SECOND
+    else:
+        precision = Precision.MINUTE
+    return FhirTime(moment, precision, naive=naive, fraction_digits=len(fraction))
+
+
+# UCUM time units the contract names, with the unit texts vendors write instead.
+_UCUM_SECONDS = {"s": 1, "min": 60, "h": 3600}
+_TEXT_SECONDS = {
+    "s": 1,
+    "sec": 1,
+    "secs": 1,
+    "second": 1,
+    "seconds": 1,
+    "min": 60,
+    "mins": 60,
+    "minute": 60,
+    "minutes": 60,
+    "h": 3600,
+    "hr": 3600,
+    "hrs": 3600,
+    "hour": 3600,
+    "hours": 3600,
+}
+
+
+def duration_seconds(quantity: object, field: str) -> int:
+    """Whole seconds of a FHIR Quantity/Duration in UCUM `s`, `min` or `h` (or that unit written as text).
+
+    Fractions of a second are dropped (19.99 min is 1199 s). Raises MappingError for a missing, negative or
+    non-numeric value, or a unit that is not a time unit.
+    """
+    if not isinstance(quantity, dict):
+        raise MappingError(f"{field} is not a Quantity")
+    value = quantity.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MappingError(f"{field}.value {quote(value)} is not a number")
+    amount = Decimal(str(value))
+    if not amount.is_finite() or amount < 0:
+        raise MappingError(f"{field}.value {quote(value)} is not a duration (negative or not finite)")
+    factor = _unit_seconds(quantity)
+    if factor is None:
+        unit = quantity.get("code", quantity.get("unit"))
+        raise MappingError(f"{field} unit {quote(unit)} is not a time unit (use UCUM min, s or h)")
+    return int(amount * factor)
+
+
+def _unit_seconds(quantity: dict[str, object]) -> int | None:
+    system, code, unit = quantity.get("system"), quantity.get("code"), quantity.get("unit")
+    # A code is trusted only when it is UCUM or carries no system; otherwise the human unit text decides.
+    if isinstance(code, str) and system in (None, UCUM) and code in _UCUM_SECONDS:
+        return _UCUM_SECONDS[code]
+    if isinstance(unit, str):
+        return _TEXT_SECONDS.get(unit.strip().lower())
+    return None
