@@ -1,0 +1,310 @@
+"""Inbound FHIR R4 JSON → per-patient domain records (contract sections 1-2, the reading side).
+
+Resources are plain dicts, read tolerantly: a vendor quirk never rejects a whole resource, a malformed one is
+reported as a SkippedResource and skipped, and nothing here raises on bad input.
+
+`InboundCollector` accepts resources in any order (Bulk NDJSON arrives type by type, a Bundle in any
+order). Each Observation is reduced to a compact Reading or Activity as it arrives; Communications keep a
+small draft until `finish()`, when the Encounters, RelatedPersons and Devices they name are all known.
+
+Choices where the contract is open (see the module docstrings of fhirtime and the extractors, too):
+- The same resource (type and id) read twice: the later copy replaces the earlier one.
+- A Communication whose status is neither completed, not-done nor entered-in-error is kept with its status.
+- Non-fatal findings (an Encounter not found, an unknown code in the project's systems, a ChargeItem kept
+  without its occurrence) and every skipped resource of a patient are listed in that patient's
+  `PatientRecords.extra_flags`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from billing.model import (
+    Activity,
+    ConsentRecord,
+    DeviceRecord,
+    ExistingCharge,
+    Party,
+    PatientRecords,
+    Reading,
+)
+from billing.periods import zone
+from fhir_mapping.canon import CANON, CARE_PROGRAM_CODES
+from fhir_mapping.inbound_common import Json, MapContext, Systems, as_list, as_str, human_name, patient_of
+from fhir_mapping.inbound_communication import CommunicationDraft, complete_communication, map_communication
+from fhir_mapping.inbound_observation import map_observation
+from fhir_mapping.inbound_parties import resolve_party
+from fhir_mapping.inbound_records import (
+    DeviceInfo,
+    EncounterInfo,
+    RelatedPersonInfo,
+    map_charge_item,
+    map_consent,
+    map_device,
+    map_encounter,
+    map_related_person,
+)
+from fhir_mapping.issues import MappingError, SkippedResource, quote
+
+__all__ = ["InboundCollector", "SkippedResource"]
+
+# The element naming the patient a resource belongs to.
+_OWNER_FIELD = {
+    "Observation": "subject",
+    "Communication": "subject",
+    "ChargeItem": "subject",
+    "Encounter": "subject",
+    "Consent": "patient",
+    "Device": "patient",
+    "RelatedPerson": "patient",
+}
+# Resource types read only for a name to show in the log.
+_NAMED_TYPES = frozenset({"Practitioner", "Organization"})
+
+
+@dataclass
+class _PatientAcc:
+    """What has been read for one patient so far, keyed by resource id so a re-read copy replaces the old."""
+
+    display_name: str | None = None
+    consents: dict[str, ConsentRecord] = field(default_factory=dict)
+    devices: dict[str, DeviceRecord] = field(default_factory=dict)
+    readings: dict[str, Reading] = field(default_factory=dict)
+    time_entries: dict[str, Activity] = field(default_factory=dict)
+    drafts: dict[str, CommunicationDraft] = field(default_factory=dict)
+    charges: dict[str, ExistingCharge] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+
+
+class InboundCollector:
+    """Accepts FHIR resources one at a time in ANY order and, at finish(), returns per-patient records."""
+
+    def __init__(self, timezone: str = "America/New_York", canon: str = CANON) -> None:
+        self._ctx = MapContext(zone(timezone), Systems.for_canon(canon))
+        self._patients: dict[str, _PatientAcc] = {}
+        self._skipped: list[SkippedResource] = []
+        self._encounters: dict[str, EncounterInfo] = {}
+        self._related: dict[str, RelatedPersonInfo] = {}
+        self._devices: dict[str, DeviceInfo] = {}
+        self._names: dict[str, str] = {}
+        self._unnamed = itertools.count()
+        self._handlers: dict[str, Callable[[Json, str, str | None, str | None], None]] = {
+            "Patient": self._patient_resource,
+            "Consent": self._consent,
+            "Device": self._device,
+            "Observation": self._observation,
+            "Communication": self._communication,
+            "ChargeItem": self._charge_item,
+            "Encounter": self._encounter,
+            "RelatedPerson": self._related_person,
+        }
+
+    # ------------------------------------------------------------------------------------------ input
+
+    def add(self, resource: object) -> None:
+        """Read one resource. Never raises on bad input: it is recorded as a SkippedResource."""
+        if not isinstance(resource, dict):
+            self._skip("?", "", f"is not a JSON object (got {type(resource).__name__})", None)
+            return
+        resource_type = resource.get("resourceType")
+        ident = resource.get("id")
+        ident = ident if isinstance(ident, str) else ""
+        if not isinstance(resource_type, str) or not resource_type:
+            self._skip("?", ident, "has no resourceType", None)
+            return
+        if resource_type == "Bundle":
+            self.add_bundle(resource)
+            return
+        handler = self._handlers.get(resource_type)
+        if handler is None:
+            if resource_type in _NAMED_TYPES and ident and (name := human_name(resource)):
+                self._names[f"{resource_type}/{ident}"] = name
+            return  # a type the contract does not read: ignored quietly
+        owner_field = _OWNER_FIELD.get(resource_type)
+        patient_id, problem = patient_of(resource, owner_field) if owner_field else (ident or None, None)
+        try:
+            handler(resource, ident, patient_id, problem)
+        except MappingError as err:
+            self._skip(resource_type, ident, str(err), patient_id)
+        except Exception as err:  # a bug or a shape nobody foresaw must not stop the run
+            self._skip(resource_type, ident, f"could not be read ({type(err).__name__}: {err})", patient_id)
+
+    def add_bundle(self, bundle: object) -> None:
+        """Read every `entry.resource` of a Bundle (searchset, collection, transaction, ...)."""
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            self._skip("Bundle", "", "is not a Bundle", None)
+            return
+        for position, entry in enumerate(as_list(bundle.get("entry"))):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if resource is None:
+                ident = as_str(bundle.get("id")) or ""
+                self._skip("Bundle", ident, f"entry {position} has no resource", None)
+                continue
+            self.add(resource)
+
+    # --------------------------------------------------------------------------------------- handlers
+
+    def _patient_resource(self, resource: Json, ident: str, patient_id: str | None, _: str | None) -> None:
+        if not ident:
+            raise MappingError("Patient has no id")
+        self._acc(ident).display_name = human_name(resource)
+
+    def _consent(self, resource: Json, ident: str, patient_id: str | None, _: str | None) -> None:
+        notes: list[str] = []
+        record = map_consent(resource, self._ctx, notes)
+        if patient_id is not None:
+            acc = self._acc(patient_id)
+            acc.flags.extend(notes)
+            if record is not None:
+                acc.consents[self._key(ident)] = record
+
+    def _device(self, resource: Json, ident: str, patient_id: str | None, _: str | None) -> None:
+        mapped = map_device(resource)
+        if mapped is None:
+            return
+        record, owner = mapped
+        if ident:
+            self._devices[ident] = DeviceInfo(owner, record.display)
+            if record.display:
+                self._names[f"Device/{ident}"] = record.display
+        if owner is not None:
+            self._acc(owner).devices[self._key(ident)] = record
+
+    def _observation(self, resource: Json, ident: str, patient_id: str | None, problem: str | None) -> None:
+        patient_id = self._require_patient(patient_id, problem)
+        mapped = map_observation(resource, patient_id, self._ctx)
+        acc = self._acc(patient_id)
+        if isinstance(mapped, Reading):
+            acc.readings[self._key(ident)] = mapped
+        elif isinstance(mapped, Activity):
+            acc.time_entries[self._key(ident)] = mapped
+        if mapped is not None:
+            self._check_program(acc, f"Observation/{ident}", mapped.program)
+
+    def _communication(self, resource: Json, ident: str, patient_id: str | None, problem: str | None) -> None:
+        patient_id = self._require_patient(patient_id, problem)
+        notes: list[str] = []
+        draft = map_communication(resource, patient_id, self._ctx, notes)
+        acc = self._acc(patient_id)
+        acc.flags.extend(notes)
+        if draft is not None:
+            acc.drafts[self._key(ident)] = draft
+            self._check_program(acc, f"Communication/{ident}", draft.activity.program)
+
+    def _charge_item(self, resource: Json, ident: str, patient_id: str | None, problem: str | None) -> None:
+        patient_id = self._require_patient(patient_id, problem)
+        notes: list[str] = []
+        charge = map_charge_item(resource, self._ctx, notes)
+        acc = self._acc(patient_id)
+        acc.flags.extend(notes)
+        if charge is not None:
+            acc.charges[self._key(ident)] = charge
+
+    def _encounter(self, resource: Json, ident: str, patient_id: str | None, _: str | None) -> None:
+        if patient_id is not None:
+            self._acc(patient_id)
+        if ident:
+            self._encounters[f"Encounter/{ident}"] = map_encounter(resource, self._ctx)
+
+    def _related_person(self, resource: Json, ident: str, patient_id: str | None, _: str | None) -> None:
+        if patient_id is not None:
+            self._acc(patient_id)
+        if ident:
+            info = map_related_person(resource)
+            self._related[ident] = info
+            if info.display:
+                self._names[f"RelatedPerson/{ident}"] = info.display
+
+    # ---------------------------------------------------------------------------------------- helpers
+
+    def _acc(self, patient_id: str) -> _PatientAcc:
+        acc = self._patients.get(patient_id)
+        if acc is None:
+            acc = self._patients[patient_id] = _PatientAcc()
+        return acc
+
+    def _key(self, ident: str) -> str:
+        """Dedupe key: the id; a resource without an id never replaces another."""
+        return ident or f"#{next(self._unnamed)}"
+
+    @staticmethod
+    def _require_patient(patient_id: str | None, problem: str | None) -> str:
+        if patient_id is None:
+            raise MappingError(problem or "has no patient reference")
+        return patient_id
+
+    @staticmethod
+    def _check_program(acc: _PatientAcc, where: str, program: str | None) -> None:
+        if program is not None and program not in CARE_PROGRAM_CODES:
+            acc.flags.append(
+                f"{where}: care-program {quote(program)} is not one of {', '.join(CARE_PROGRAM_CODES)}; "
+                "treated as another program"
+            )
+
+    def _skip(self, resource_type: str, ident: str, problem: str, patient_id: str | None) -> None:
+        skipped = SkippedResource(resource_type, ident, problem, patient_id)
+        self._skipped.append(skipped)
+        if patient_id is not None:
+            self._acc(patient_id).flags.append(str(skipped))
+
+    # ----------------------------------------------------------------------------------------- output
+
+    def finish(self) -> tuple[dict[str, PatientRecords], list[SkippedResource]]:
+        """Per-patient records (sorted, so the result does not depend on input order) and skipped resources.
+
+        May be called more than once; it does not change what was collected.
+        """
+        skipped = list(self._skipped)
+        records: dict[str, PatientRecords] = {}
+        for patient_id in sorted(self._patients):
+            records[patient_id] = self._records(patient_id, self._patients[patient_id], skipped)
+        return records, skipped
+
+    def _records(self, patient_id: str, acc: _PatientAcc, skipped: list[SkippedResource]) -> PatientRecords:
+        flags = list(acc.flags)
+        activities = list(acc.time_entries.values())
+        for draft in acc.drafts.values():
+            try:
+                activities.append(complete_communication(draft, self._encounters, flags))
+            except MappingError as err:
+                late = SkippedResource("Communication", draft.activity.id, str(err), patient_id)
+                skipped.append(late)
+                flags.append(str(late))
+        return PatientRecords(
+            patient_id=patient_id,
+            consents=tuple(sorted(acc.consents.values(), key=lambda c: (_order(c.start), c.id))),
+            devices=tuple(sorted(acc.devices.values(), key=lambda d: d.id)),
+            readings=tuple(sorted(acc.readings.values(), key=lambda r: (_order(r.time), r.id))),
+            activities=tuple(
+                sorted(
+                    (self._resolve(activity, patient_id) for activity in activities),
+                    key=lambda a: (_order(a.start), a.resource_type, a.id),
+                )
+            ),
+            charges=tuple(
+                sorted(acc.charges.values(), key=lambda c: (c.code, _order(c.period_start), c.id or ""))
+            ),
+            display_name=acc.display_name,
+            extra_flags=tuple(sorted(set(flags))),
+        )
+
+    def _resolve(self, activity: Activity, patient_id: str) -> Activity:
+        """Resolve RelatedPerson and Device parties now that every resource has been read."""
+
+        def resolve(party: Party) -> Party:
+            return resolve_party(party, patient_id, self._related, self._devices, self._names)
+
+        sender = resolve(activity.sender) if activity.sender is not None else None
+        recipients = tuple(resolve(p) for p in activity.recipients)
+        performers = tuple(resolve(p) for p in activity.performers)
+        if (sender, recipients, performers) == (activity.sender, activity.recipients, activity.performers):
+            return activity
+        return replace(activity, sender=sender, recipients=recipients, performers=performers)
+
+
+def _order(moment: datetime | None) -> tuple[bool, float]:
+    """Sort key putting unknown times last."""
+    return (moment is None, moment.timestamp() if moment is not None else 0.0)

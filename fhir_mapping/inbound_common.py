@@ -1,0 +1,198 @@
+"""Small, defensive readers shared by the inbound extractors.
+
+Everything read from an EHR is untrusted: these helpers never assume a field has the type FHIR says it has.
+A vendor that sends an object where FHIR has an array gets it read as a one-element array.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fhir_mapping.canon import CANON, cs, sd
+from fhir_mapping.fhirtime import FhirTime, parse_time
+from fhir_mapping.issues import MappingError, quote
+
+Json = dict[str, Any]
+
+# A reference `Type/id`, relative or at the end of an absolute URL, optionally with `/_history/<version>`.
+# Ids follow FHIR's character set; the length limit is relaxed to 255 because some EHRs exceed 64.
+_REFERENCE = re.compile(
+    r"(?:^|.*/)(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,255})(?:/_history/[A-Za-z0-9\-.]{1,64})?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Systems:
+    """The project's canonical URLs for one deployment's `canon` base."""
+
+    care_program_cs: str
+    rpm_activity_cs: str
+    rpm_content_cs: str
+    care_program_ext: str
+    activity_period_ext: str
+    charge_key_system: str
+
+    @classmethod
+    def for_canon(cls, canon: str = CANON) -> Systems:
+        return cls(
+            care_program_cs=cs("care-program", canon),
+            rpm_activity_cs=cs("rpm-activity", canon),
+            rpm_content_cs=cs("rpm-content", canon),
+            care_program_ext=sd("care-program", canon),
+            activity_period_ext=sd("activity-period", canon),
+            charge_key_system=f"{canon}/charge-key",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MapContext:
+    """What every extractor needs: the practice time zone and the canonical URLs."""
+
+    tz: ZoneInfo
+    systems: Systems
+
+    def time(self, value: object, field: str) -> FhirTime:
+        return parse_time(value, self.tz, field)
+
+    def optional_time(self, value: object, field: str) -> FhirTime | None:
+        return None if value is None else parse_time(value, self.tz, field)
+
+
+def as_dict(value: object) -> Json | None:
+    return value if isinstance(value, dict) else None
+
+
+def as_list(value: object) -> list[Any]:
+    """A FHIR array; a lone object where an array belongs is read as one element; anything else as empty."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return [value]
+    return []
+
+
+def as_str(value: object) -> str | None:
+    """A non-blank string, stripped; None otherwise."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        return stripped or None
+    return None
+
+
+def dicts(value: object) -> Iterator[Json]:
+    """The dict elements of a FHIR array (other junk in the array is ignored)."""
+    return (item for item in as_list(value) if isinstance(item, dict))
+
+
+def codings(concept: object) -> Iterator[Json]:
+    """The codings of one CodeableConcept."""
+    found = as_dict(concept)
+    return dicts(found.get("coding")) if found is not None else iter(())
+
+
+def codes(concepts: object, system: str) -> list[str]:
+    """Codes under `system` in a CodeableConcept or an array of them, in order, without repeats."""
+    result: list[str] = []
+    for concept in as_list(concepts):
+        for coding in codings(concept):
+            code = as_str(coding.get("code"))
+            if coding.get("system") == system and code is not None and code not in result:
+                result.append(code)
+    return result
+
+
+def has_code(concepts: object, system: str, code: str) -> bool:
+    return code in codes(concepts, system)
+
+
+def split_reference(reference: object) -> tuple[str, str] | None:
+    """`("Patient", "p1")` from `Patient/p1`, `https://ehr/fhir/Patient/p1` or `Patient/p1/_history/2`."""
+    text = as_str(reference)
+    if text is None:
+        return None
+    match = _REFERENCE.fullmatch(text)
+    return (match.group("type"), match.group("id")) if match else None
+
+
+def reference_of(element: object) -> str | None:
+    """The `reference` string of a Reference element, if any."""
+    found = as_dict(element)
+    return as_str(found.get("reference")) if found is not None else None
+
+
+def patient_of(resource: Json, field: str) -> tuple[str | None, str | None]:
+    """The patient id a resource belongs to via `field` (subject / patient), or (None, what is wrong)."""
+    if field not in resource:
+        return None, f"has no {field}"
+    element = as_dict(resource[field])
+    if element is None:
+        return None, f"{field} is not a Reference"
+    reference = as_str(element.get("reference"))
+    if reference is None:
+        return None, f"{field} has no reference (only a display or identifier)"
+    parts = split_reference(reference)
+    if parts is None or parts[0] != "Patient":
+        return None, f"{field} {quote(reference)} is not a Patient reference"
+    return parts[1], None
+
+
+def find_extension(resource: Json, url: str) -> Json | None:
+    """The first extension of `resource` with `url`."""
+    for extension in dicts(resource.get("extension")):
+        if extension.get("url") == url:
+            return extension
+    return None
+
+
+def program_of(resource: Json, ctx: MapContext) -> str | None:
+    """The care-program code of the care-program extension; None when the resource has no attribution.
+
+    A coding without a system is accepted (the extension fixes the system); another system, or an extension
+    that cannot be read, is a MappingError: an attribution we cannot read must not be guessed to be RPM.
+    """
+    extension = find_extension(resource, ctx.systems.care_program_ext)
+    if extension is None:
+        return None
+    coding = as_dict(extension.get("valueCoding"))
+    if coding is None:
+        raise MappingError("care-program extension has no valueCoding")
+    code = as_str(coding.get("code"))
+    if code is None:
+        raise MappingError("care-program extension valueCoding has no code")
+    system = coding.get("system")
+    if system is not None and system != ctx.systems.care_program_cs:
+        raise MappingError(
+            f"care-program extension coding system {quote(system)} is not the care-program system"
+        )
+    return code
+
+
+def human_name(resource: Json) -> str | None:
+    """A display name from `name` (HumanName array, or Organization's string): text, else given + family."""
+    name = resource.get("name")
+    if isinstance(name, str):
+        return as_str(name)
+    for entry in dicts(name):
+        text = as_str(entry.get("text"))
+        if text:
+            return text
+        parts = [part for part in (as_str(g) for g in as_list(entry.get("given"))) if part]
+        family = as_str(entry.get("family"))
+        if family:
+            parts.append(family)
+        if parts:
+            return " ".join(parts)
+    return None
+
+
+def contained_map(resource: Json) -> dict[str, Json]:
+    """Contained resources by id, for `#id` references."""
+    return {
+        ident: item
+        for item in dicts(resource.get("contained"))
+        if (ident := as_str(item.get("id"))) is not None
+    }

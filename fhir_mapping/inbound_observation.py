@@ -1,0 +1,155 @@
+"""Observation → Reading (a device reading) or time-entry Activity (RPM management time that is not a call).
+
+Which readings count (an RPM device of the same patient, inside consent, not another program) is the engine's
+decision; this module carries `device_id`, `program` and the dedupe `identifier` faithfully.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from billing.model import Activity, ActivityKind, Reading
+from fhir_mapping.canon import RPM_ACTIVITY_CODES
+from fhir_mapping.fhirtime import FhirTime, duration_seconds
+from fhir_mapping.inbound_common import (
+    Json,
+    MapContext,
+    as_dict,
+    as_str,
+    codes,
+    codings,
+    contained_map,
+    dicts,
+    program_of,
+    split_reference,
+)
+from fhir_mapping.inbound_parties import provisional_party
+from fhir_mapping.issues import MappingError, quote
+
+# Statuses of a result that exists; registered/cancelled/entered-in-error/unknown are ignored quietly.
+OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
+
+
+def is_time_entry(resource: Json, ctx: MapContext) -> bool:
+    """`code` has a coding from the project's rpm-activity CodeSystem."""
+    return any(
+        coding.get("system") == ctx.systems.rpm_activity_cs for coding in codings(resource.get("code"))
+    )
+
+
+def map_observation(resource: Json, patient_id: str, ctx: MapContext) -> Reading | Activity | None:
+    """A Reading or a time-entry Activity; None for a status that is not a result (ignored quietly)."""
+    status = as_str(resource.get("status"))
+    if status is None:
+        raise MappingError("has no status")
+    if status not in OBSERVATION_STATUSES:
+        return None
+    if is_time_entry(resource, ctx):
+        return _time_entry(resource, status, patient_id, ctx)
+    return _reading(resource, ctx)
+
+
+def _reading(resource: Json, ctx: MapContext) -> Reading:
+    start, _ = effective(resource, ctx, prefer_period=False)
+    return Reading(
+        id=as_str(resource.get("id")) or "",
+        time=start.moment,
+        device_id=_device_id(resource),
+        identifier=_dedupe_key(resource),
+        program=program_of(resource, ctx),
+        naive_time=start.naive,
+        code_display=_code_display(resource),
+    )
+
+
+def _device_id(resource: Json) -> str | None:
+    """The Device id of `Observation.device`; None only when there is no `device` at all (patient-reported).
+
+    A `device` that is not a plain Device reference (DeviceMetric, a contained `#id`, only a display) is kept
+    verbatim, or as "" without a reference, so it can never match one of the patient's RPM devices.
+    """
+    element = resource.get("device")
+    if element is None:
+        return None
+    reference = as_str((as_dict(element) or {}).get("reference"))
+    if reference is None:
+        return ""
+    parts = split_reference(reference)
+    return parts[1] if parts is not None and parts[0] == "Device" else reference
+
+
+def _dedupe_key(resource: Json) -> str | None:
+    """The first identifier with both system and value, as "system|value"."""
+    for identifier in dicts(resource.get("identifier")):
+        system, value = as_str(identifier.get("system")), as_str(identifier.get("value"))
+        if system and value:
+            return f"{system}|{value}"
+    return None
+
+
+def _code_display(resource: Json) -> str | None:
+    code = as_dict(resource.get("code")) or {}
+    text = as_str(code.get("text"))
+    if text:
+        return text
+    return next((d for d in (as_str(c.get("display")) for c in codings(code)) if d), None)
+
+
+def effective(resource: Json, ctx: MapContext, *, prefer_period: bool) -> tuple[FhirTime, FhirTime | None]:
+    """The effective start, and the effectivePeriod end when there is one."""
+    fields = ("effectiveDateTime", "effectiveInstant", "effectivePeriod")
+    if prefer_period:
+        fields = ("effectivePeriod", "effectiveDateTime", "effectiveInstant")
+    for field in fields:
+        value = resource.get(field)
+        if value is None:
+            continue
+        if field != "effectivePeriod":
+            return ctx.time(value, field), None
+        period = as_dict(value)
+        if period is None:
+            raise MappingError("effectivePeriod is not a Period")
+        if period.get("start") is None:
+            raise MappingError("effectivePeriod has no start")
+        start = ctx.time(period["start"], "effectivePeriod.start")
+        return start, ctx.optional_time(period.get("end"), "effectivePeriod.end")
+    if resource.get("effectiveTiming") is not None:
+        raise MappingError("effectiveTiming is not supported (a single time is needed)")
+    raise MappingError("has no effective time (effectiveDateTime, effectiveInstant or effectivePeriod)")
+
+
+def _time_entry(resource: Json, status: str, patient_id: str, ctx: MapContext) -> Activity:
+    found = codes(resource.get("code"), ctx.systems.rpm_activity_cs)
+    known = [code for code in found if code in RPM_ACTIVITY_CODES]
+    if not known:
+        raise MappingError(
+            f"code {quote(found[0] if found else None)} is not an rpm-activity code "
+            f"({', '.join(RPM_ACTIVITY_CODES)})"
+        )
+    start, end = effective(resource, ctx, prefer_period=True)
+    seconds: int | None = None
+    source: str | None = None
+    if end is not None:
+        if end.moment < start.moment:
+            raise MappingError("effectivePeriod.end is before its start")
+        seconds, source = int((end.moment - start.moment) // timedelta(seconds=1)), "effectivePeriod"
+    elif resource.get("valueQuantity") is not None:
+        seconds, source = duration_seconds(resource["valueQuantity"], "valueQuantity"), "valueQuantity"
+    contained = contained_map(resource)
+    return Activity(
+        resource_type="Observation",
+        id=as_str(resource.get("id")) or "",
+        kind=ActivityKind.TIME_ENTRY,
+        status=status,
+        start=start.moment,
+        end=end.moment if end is not None else None,
+        duration_seconds=seconds,
+        duration_source=source,
+        activity_code=known[0],
+        performers=tuple(
+            provisional_party(p, patient_id, contained) for p in dicts(resource.get("performer"))
+        ),
+        program=program_of(resource, ctx),
+        naive_time=start.naive or (end is not None and end.naive),
+        notes=tuple(t for t in (as_str(n.get("text")) for n in dicts(resource.get("note"))) if t),
+    )
