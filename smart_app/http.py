@@ -143,6 +143,12 @@ class OutcomeUnknownError(FhirError):
     Look the resource up by its business identifier before writing again.
     """
 
+    def _describe(self) -> str:
+        return (
+            f"{super()._describe()} (outcome unknown: the write may or may not have been applied; "
+            "look it up by identifier before retrying)"
+        )
+
 
 class ForeignOriginError(FhirError):
     """The server pointed us (e.g. a paging link) at another origin; we never send the token elsewhere."""
@@ -469,12 +475,7 @@ class HttpTransport:
     def _network_error(exc: Exception, method: str, url: str, decision: Decision) -> FhirError:
         what = type(exc).__name__
         if decision.outcome_unknown:
-            return OutcomeUnknownError(
-                f"{what} after the request was sent: the write may or may not have been applied; "
-                "look it up by identifier before retrying",
-                method=method,
-                url=url,
-            )
+            return OutcomeUnknownError(f"{what} after the request was sent", method=method, url=url)
         if _is_temporary_exception(exc):
             return TemporaryNetworkError(
                 f"{what}: the server could not be reached ({decision.reason})", method=method, url=url

@@ -275,7 +275,7 @@ def test_client_secret_basic():
     assert request.headers["Authorization"] == f"Basic {expected}"
     body = form(responses.calls[0])
     assert body == {"grant_type": "client_credentials", "scope": "system/Patient.rs"}
-    assert request.req_kwargs["timeout"] == (5.0, 30.0)
+    assert request.req_kwargs["timeout"] == (5.0, 30.0)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -379,7 +379,7 @@ def test_create_auth_reads_secrets_from_files_and_env(tmp_path, rsa_key):
         client_id=CLIENT_ID,
         environ={ENV_PRIVATE_KEY: json.dumps(rsa_key.as_dict(private=True))},
     )
-    assert from_env.kid == "rsa-1"
+    assert isinstance(from_env, BackendServicesAuth) and from_env.kid == "rsa-1"
 
 
 @pytest.mark.parametrize(
@@ -452,7 +452,7 @@ def test_published_jwks_verifies_our_assertions(request, key_fixture, alg):
     BackendServicesAuth(TOKEN_URL, CLIENT_ID, key, SCOPE).authorize()
     assertion = form(responses.calls[0])["client_assertion"]
     # The EHR's view: pick the key by kid from the JWKS we registered.
-    token = jwt.decode(assertion, KeySet.import_key_set(jwks), algorithms=[alg])
+    token = jwt.decode(assertion, KeySet.import_key_set(jwks), algorithms=[alg])  # type: ignore[arg-type]
     assert token.claims["sub"] == CLIENT_ID
 
 
@@ -555,4 +555,4 @@ def test_grant_spells_v1_and_missing_accepts_grants():
     assert gap.spell("v1") == "system/ChargeItem.read system/ChargeItem.write"
     assert missing([gap], ["system/ChargeItem.read"]) == {Grant("system", "ChargeItem", frozenset("c"))}
     with pytest.raises(TypeError):
-        missing([42], "")  # type: ignore[list-item]
+        missing([42], "")  # type: ignore[arg-type]

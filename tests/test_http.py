@@ -419,7 +419,7 @@ def test_every_call_has_a_timeout_and_fhir_headers():
     transport, _ = make_transport(BearerAuth("tok"), timeout=(3.0, 45.0))
     transport.request("GET", URL)
     transport.request("POST", URL, body={"resourceType": "Basic", "text": "é"})
-    assert [c.request.req_kwargs["timeout"] for c in responses.calls] == [(3.0, 45.0)] * 3
+    assert [c.request.req_kwargs["timeout"] for c in responses.calls] == [(3.0, 45.0)] * 3  # type: ignore[attr-defined]
     get, post = responses.calls[0].request, responses.calls[2].request
     assert get.headers["Accept"] == "application/fhir+json"
     assert "gzip" in get.headers["Accept-Encoding"]
