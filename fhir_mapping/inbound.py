@@ -166,12 +166,13 @@ class InboundCollector:
         if mapped is None:
             return
         record, owner = mapped
-        if ident:
-            self._devices[ident] = DeviceInfo(owner, record.display)
-            if record.display:
-                self._names[f"Device/{ident}"] = record.display
+        if not ident:
+            raise MappingError("Device has no id (nothing can reference it)")
+        self._devices[ident] = DeviceInfo(owner, record.display)
+        if record.display:
+            self._names[f"Device/{ident}"] = record.display
         if owner is not None:
-            self._acc(owner).devices[self._key(ident)] = record
+            self._acc(owner).devices[ident] = record
 
     def _observation(self, resource: Json, ident: str, patient_id: str | None, problem: str | None) -> None:
         patient_id = self._require_patient(patient_id, problem)

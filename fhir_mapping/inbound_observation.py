@@ -6,6 +6,7 @@ decision; this module carries `device_id`, `program` and the dedupe `identifier`
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 
 from billing.model import Activity, ActivityKind, Reading
@@ -51,14 +52,16 @@ def map_observation(resource: Json, patient_id: str, ctx: MapContext) -> Reading
 
 def _reading(resource: Json, ctx: MapContext) -> Reading:
     start, _ = effective(resource, ctx, prefer_period=False)
+    device_id, display = _device_id(resource), _code_display(resource)
     return Reading(
         id=as_str(resource.get("id")) or "",
         time=start.moment,
-        device_id=_device_id(resource),
+        # Readings are the bulk of a month's data: share the strings that repeat across them.
+        device_id=sys.intern(device_id) if device_id else device_id,
         identifier=_dedupe_key(resource),
         program=program_of(resource, ctx),
         naive_time=start.naive,
-        code_display=_code_display(resource),
+        code_display=sys.intern(display) if display else None,
     )
 
 

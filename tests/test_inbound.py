@@ -328,6 +328,12 @@ def test_device(changes: dict[str, Any], expected: dict[str, Any]) -> None:
         assert getattr(device, name) == value, name
 
 
+def test_device_without_id_is_skipped() -> None:
+    records, skipped = collect(merged(DEVICE, {"id": DROP}))
+    assert_skipped(skipped, "Device", "", "Device has no id")
+    assert records["p1"].devices == ()
+
+
 def test_device_entered_in_error_is_dropped_and_device_without_patient_is_nobodys() -> None:
     records, skipped = collect(
         merged(DEVICE, {"status": "entered-in-error"}), merged(DEVICE, {"id": "ai1", "patient": DROP})
