@@ -130,7 +130,8 @@ class InboundCollector:
         except MappingError as err:
             self._skip(resource_type, ident, str(err), patient_id)
         except Exception as err:  # a bug or a shape nobody foresaw must not stop the run
-            self._skip(resource_type, ident, f"could not be read ({type(err).__name__}: {err})", patient_id)
+            problem = f"could not be read ({type(err).__name__}: {quote(str(err))})"
+            self._skip(resource_type, ident, problem, patient_id)
 
     def add_bundle(self, bundle: object) -> None:
         """Read every `entry.resource` of a Bundle (searchset, collection, transaction, ...)."""

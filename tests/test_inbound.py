@@ -1289,7 +1289,7 @@ def test_unexpected_error_in_an_extractor_is_a_skip_not_a_crash(monkeypatch: pyt
 
     monkeypatch.setattr(inbound_observation, "_reading", explode)
     records, skipped = collect(READING, CALL)
-    assert_skipped(skipped, "Observation", "obs1", "could not be read (RuntimeError: boom)")
+    assert_skipped(skipped, "Observation", "obs1", "could not be read (RuntimeError: 'boom')")
     assert len(records["p1"].activities) == 1
 
 
