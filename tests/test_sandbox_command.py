@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat
 import subprocess
@@ -28,8 +29,14 @@ from joserfc.jwk import ECKey, RSAKey
 
 from smart_app.cli import main
 from smart_app.errors import ExitCode, UsageError
-from smart_app.sandbox.app import RunningSandbox, SandboxConfig, check_loopback, start_sandbox
-from smart_app.sandbox.auth_server import AuthSettings
+from smart_app.sandbox.app import (
+    RunningSandbox,
+    SandboxConfig,
+    check_loopback,
+    create_app,
+    sandbox_state,
+    start_sandbox,
+)
 from smart_app.sandbox.clients import BACKEND_CLIENT_ID, PUBLIC_APP_ID
 
 APP_LAUNCH = "http://127.0.0.1:8000/launch"
@@ -51,7 +58,7 @@ def sandbox(key_dir: Path) -> Iterator[RunningSandbox]:
         seed=7,
         key_dir=key_dir,
         app_launch_url=APP_LAUNCH,
-        auth=AuthSettings(auto_approve=True),
+        auto_approve=True,
     )
     running = start_sandbox(config)
     try:
@@ -310,3 +317,53 @@ def test_command_prints_connection_details_and_stops_on_sigterm(key_dir: Path) -
         out, err = process.communicate(timeout=TIMEOUT)
     assert process.returncode == 0, err
     assert "stopped" in out
+
+
+def test_picker_and_encounter_context_from_the_real_store(key_dir: Path) -> None:
+    """Not auto-approved: the picker lists the store's patients; an EHR launch can carry an encounter."""
+    app = create_app(
+        SandboxConfig(patients=3, month=MONTH, seed=7, key_dir=key_dir, app_launch_url=APP_LAUNCH)
+    )
+    client = app.test_client()
+    store = sandbox_state(app).store
+    patients = store.search("Patient", [("_count", "10")]).matches
+    encounter = store.search("Encounter", [("_count", "1")]).matches[0]
+    verifier, challenge = pkce()
+    params = {
+        "response_type": "code",
+        "client_id": PUBLIC_APP_ID,
+        "redirect_uri": REDIRECT,
+        "scope": "launch/patient patient/*.rs",
+        "state": "s1",
+        "aud": "http://localhost/fhir",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    html = client.get("/auth/authorize", query_string=params).get_data(as_text=True)
+    for patient in patients:
+        assert f'<option value="{patient["id"]}">' in html
+    assert patients[0]["name"][0]["family"] in html
+
+    enc_patient = encounter["subject"]["reference"].split("/")[1]
+    launch = client.get(
+        "/ehr/launch",
+        query_string={"client_id": PUBLIC_APP_ID, "patient": enc_patient, "encounter": encounter["id"]},
+    )
+    launch_value = parse_qs(urlsplit(launch.headers["Location"]).query)["launch"][0]
+    page = client.get(
+        "/auth/authorize", query_string={**params, "scope": "launch patient/*.rs", "launch": launch_value}
+    ).get_data(as_text=True)
+    form = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page))
+    approved = client.post("/auth/authorize", data={**form, "decision": "approve"})
+    code = parse_qs(urlsplit(approved.headers["Location"]).query)["code"][0]
+    token = client.post(
+        "/auth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "client_id": PUBLIC_APP_ID,
+            "code_verifier": verifier,
+        },
+    ).get_json()
+    assert token["patient"] == enc_patient and token["encounter"] == encounter["id"]

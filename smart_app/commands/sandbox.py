@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from smart_app.errors import ExitCode
 from smart_app.sandbox.app import RunningSandbox, SandboxConfig, start_sandbox
-from smart_app.sandbox.auth_server import EHR_PATH, LIST_LIMIT, AuthSettings
+from smart_app.sandbox.auth_server import EHR_PATH, LIST_LIMIT
 from smart_app.sandbox.clients import BACKEND_CLIENT_ID, DEFAULT_APP_LAUNCH_URL, PUBLIC_APP_ID
 from smart_app.sandbox.keys import BACKEND_CLIENT_FILE
 
@@ -79,7 +79,6 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         app_launch_url=args.app_launch_url,
         app_redirect_uris=tuple(args.app_redirect_uri),
         key_dir=args.keys_dir or default_keys_dir(),
-        auth=AuthSettings(auto_approve=args.auto_approve),
     )
 
 

@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -58,13 +58,13 @@ class SandboxConfig:
     timezone: str = "America/New_York"
     db_path: str = ":memory:"  # SQLite file of the FHIR store, or in memory
     clients_file: Path | None = None  # JSON of extra clients (see clients.py)
-    auto_approve: bool = False
+    auto_approve: bool = False  # skip the approve page (tests); a needed patient is the first one listed
     app_launch_url: str = DEFAULT_APP_LAUNCH_URL
     app_redirect_uris: tuple[str, ...] = ()  # default: <launch URL origin>/callback
     key_dir: Path | None = None  # where the keys are kept (None: in memory, new on each start)
     base_url: str | None = None  # origin to publish (default http://<host>:<port>)
     require_auth: bool = True  # the FHIR server demands bearer tokens
-    auth: AuthSettings = field(default_factory=AuthSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)  # token lifetimes etc.
 
     def resolved_month(self) -> str:
         if self.month is not None:
@@ -216,7 +216,7 @@ def create_app(config: SandboxConfig) -> Flask:
         tokens=tokens,
         signing_key=signing_key,
         directory=StoreDirectory(store),
-        settings=config.auth,
+        settings=replace(config.auth, auto_approve=config.auto_approve or config.auth.auto_approve),
     )
 
     app = Flask(__name__)

@@ -888,7 +888,11 @@ def create_auth_blueprint(server: SandboxAuthorizationServer) -> Blueprint:
         needs_patient = needs_patient_choice(scopes, launch_value)
         if request.method == "POST" and "decision" in request.form:
             approval = server.state.take_approval(request.form.get("approval", ""))
-            if approval is None or approval.client_id != client.client_id:
+            if (
+                approval is None
+                or approval.client_id != client.client_id
+                or approval.redirect_uri != params.get("redirect_uri")
+            ):
                 return _error_page("Approval expired", "This approval form was already used or has expired.")
             if request.form["decision"] != "approve":
                 return server.create_authorization_response(grant=grant, grant_user=None)
