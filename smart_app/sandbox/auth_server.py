@@ -309,6 +309,8 @@ class AuthState:
             del self._used_codes[key]
         for jti in [k for k, exp in self._jtis.items() if exp <= now]:
             del self._jtis[jti]
+        for value in [k for k, t in self._issued.items() if t.expires_at <= now]:
+            del self._issued[value]
 
     # launches and approvals
     def add_launch(self, launch: PendingLaunch) -> str:
@@ -370,6 +372,7 @@ class AuthState:
     # tokens
     def add_token(self, token: IssuedToken) -> None:
         with self._lock:
+            self._prune(time.time())
             self._issued[token.value] = token
             if token.origin_code:
                 self._by_code.setdefault(token.origin_code, set()).add(token.value)
