@@ -1,0 +1,160 @@
+"""`rpm-billing compute`: the month's code set from FHIR files, no server needed.
+
+Reads a Bundle, an NDJSON file or a Bulk Data export directory holding any number of patients, prints a
+per-patient table (or JSON) and, with `--out`, writes the ChargeItems, DocumentReferences and monthly logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from billing.result import MonthResult
+from fhir_mapping.canon import CANON
+from fhir_mapping.inbound import InboundCollector
+from fhir_mapping.issues import SkippedResource
+from smart_app.errors import ExitCode
+from smart_app.inputs import BadLine, iter_input
+from smart_app.output import print_table, write_month_outputs
+from smart_app.pipeline import RunOptions, evaluate, parse_as_of, parse_month, parse_settings, summary_row
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "compute",
+        help="compute a month's RPM codes from FHIR files (Bundle, NDJSON or Bulk export directory)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_CODES_HELP,
+    )
+    parser.add_argument("--input", required=True, type=Path, help="Bundle JSON, NDJSON file or directory")
+    parser.add_argument("--month", required=True, help="calendar month to bill, YYYY-MM")
+    add_policy_arguments(parser)
+    parser.add_argument(
+        "--out", type=Path, help="write ChargeItem.ndjson, DocumentReference.ndjson and logs here"
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="stdout format")
+    parser.add_argument(
+        "--billing-practitioner", help="ChargeItem.performer reference, e.g. Practitioner/dr-1"
+    )
+    parser.add_argument(
+        "--canon", default=CANON, help=f"canonical base of the project's URLs (default {CANON})"
+    )
+    parser.set_defaults(func=run)
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy", help="billing policy: cms-2026, cms-2025 or interactive-only (default: the month picks)"
+    )
+    parser.add_argument("--timezone", help="practice time zone, IANA name (default America/New_York)")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="policy override, repeatable: max_99458_units, interactive_media, ai_contacts, live_chat, "
+        "chat_window (minutes), setup_min_days, rebill_99453_new_episode",
+    )
+    parser.add_argument(
+        "--as-of", help="the run's moment (ISO 8601; default now): periods not ended by then are previews"
+    )
+
+
+EXIT_CODES_HELP = """exit codes:
+  0  finished
+  2  bad arguments
+  3  unreadable input
+  4  finished, but some resources were malformed and skipped (listed in the report)"""
+
+
+def options_from(args: argparse.Namespace) -> RunOptions:
+    month = parse_month(args.month)
+    settings: dict[str, Any] = parse_settings(args.setting)
+    if args.timezone:
+        settings["timezone"] = args.timezone
+    provisional = RunOptions(
+        month=month, as_of=parse_as_of(None, "UTC"), policy_name=args.policy, settings=settings
+    )
+    timezone = provisional.timezone  # validates the policy name and settings
+    return RunOptions(
+        month=month, as_of=parse_as_of(args.as_of, timezone), policy_name=args.policy, settings=settings
+    )
+
+
+def run(args: argparse.Namespace) -> ExitCode:
+    options = options_from(args)
+    collector = InboundCollector(timezone=options.timezone, canon=args.canon)
+    bad_lines: list[BadLine] = []
+    for item in iter_input(args.input):
+        if isinstance(item, BadLine):
+            bad_lines.append(item)
+        else:
+            collector.add(item)
+    patients, skipped = collector.finish()
+    skipped = [
+        SkippedResource("?", "", f"{b.source} line {b.line}: {b.problem}") for b in bad_lines
+    ] + skipped
+    results = [evaluate(patients[pid], options) for pid in sorted(patients)]
+    if args.out:
+        write_month_outputs(
+            results,
+            skipped,
+            args.out,
+            options,
+            canon=args.canon,
+            billing_practitioner=args.billing_practitioner,
+        )
+    _report(results, skipped, args.format, args.out)
+    return ExitCode.SKIPPED_RESOURCES if skipped else ExitCode.OK
+
+
+def _report(
+    results: Sequence[MonthResult], skipped: Sequence[SkippedResource], fmt: str, out: Path | None
+) -> None:
+    rows = [summary_row(r) for r in results]
+    if fmt == "json":
+        payload = {
+            "patients": rows,
+            "skipped": [_skipped_json(s) for s in skipped],
+            "policy": results[0].policy.label if results else None,
+        }
+        json.dump(payload, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    print_table(rows, sys.stdout)
+    if results:
+        first = results[0]
+        print(
+            f"\n{len(results)} patient(s), {first.month}, policy {first.policy.label}, "
+            f"time zone {first.timezone}"
+        )
+    if skipped:
+        print(f"{len(skipped)} resource(s) skipped as malformed:", file=sys.stderr)
+        for item in skipped[:20]:
+            print(f"  {_skipped_text(item)}", file=sys.stderr)
+        if len(skipped) > 20:
+            print(f"  ... and {len(skipped) - 20} more (see report.json)", file=sys.stderr)
+    if out:
+        print(f"wrote ChargeItem.ndjson, DocumentReference.ndjson, logs/ and report.json to {out}")
+
+
+def _skipped_json(item: SkippedResource) -> dict[str, Any]:
+    return {
+        "resourceType": item.resource_type,
+        "id": item.resource_id,
+        "patient": item.patient_id,
+        "problem": item.problem,
+    }
+
+
+def _skipped_text(item: SkippedResource) -> str:
+    ident = f"{item.resource_type}/{item.resource_id}" if item.resource_id else item.resource_type
+    return f"{ident}: {item.problem}"

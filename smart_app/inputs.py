@@ -1,0 +1,140 @@
+"""Reading FHIR input files: a Bundle JSON file, an NDJSON file, or a Bulk Data export directory.
+
+Resources are streamed one at a time (a month-end export can hold millions of Observations). A line that is
+not JSON is reported as a skipped resource with its file and line number and the run goes on; a path that
+cannot be read at all is an `InputError` (exit code UNREADABLE_INPUT).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from smart_app.errors import InputError
+
+# Bulk Data layout: one file per resource type. Reading the small, referenced types first lets the
+# collector resolve references early; it accepts any order, so this is only a courtesy to memory.
+_TYPE_ORDER = (
+    "Patient",
+    "Consent",
+    "Device",
+    "RelatedPerson",
+    "Practitioner",
+    "PractitionerRole",
+    "Encounter",
+    "ChargeItem",
+    "Communication",
+    "Observation",
+)
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """An input line or document that is not a JSON object."""
+
+    source: str
+    line: int
+    problem: str
+
+
+def iter_input(path: Path) -> Iterator[dict | BadLine]:
+    """Yield every resource (dict) in `path`, or a BadLine where a line cannot be read."""
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+    if path.is_dir():
+        files = sorted(
+            (p for p in path.iterdir() if p.suffix in (".ndjson", ".json") and p.is_file()),
+            key=_bulk_order,
+        )
+        if not files:
+            raise InputError(f"no .ndjson or .json files in directory {path}")
+        for file in files:
+            yield from _iter_file(file)
+        return
+    yield from _iter_file(path)
+
+
+def _bulk_order(path: Path) -> tuple[int, str]:
+    stem = path.name.split(".")[0]
+    rank = _TYPE_ORDER.index(stem) if stem in _TYPE_ORDER else len(_TYPE_ORDER)
+    return rank, path.name
+
+
+def _iter_file(path: Path) -> Iterator[dict | BadLine]:
+    try:
+        handle = path.open("r", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    with handle:
+        try:
+            first = handle.read(1)
+            while first and first.isspace():
+                first = handle.read(1)
+            if not first:
+                return  # an empty file holds no resources
+            handle.seek(0)
+            if path.suffix != ".ndjson" and _is_single_document(path):
+                yield from _iter_document(path)
+                return
+            yield from _iter_ndjson(handle, path.name)
+        except UnicodeDecodeError:
+            raise InputError(f"{path} is not UTF-8 text") from None
+
+
+def _is_single_document(path: Path) -> bool:
+    """One JSON value (pretty-printed or on one line) rather than one resource per line (NDJSON)."""
+    with path.open("r", encoding="utf-8") as handle:
+        first_line = handle.readline()
+        second_line = handle.readline()
+        while second_line and not second_line.strip():
+            second_line = handle.readline()
+    try:
+        json.loads(first_line)
+    except json.JSONDecodeError:
+        return True  # the first line is not a whole object: a pretty-printed document
+    return not second_line
+
+
+def _iter_document(path: Path) -> Iterator[dict | BadLine]:
+    try:
+        with path.open("r", encoding="utf-8") as handle:
+            document = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(document, dict) or "resourceType" not in document:
+        raise InputError(f"{path} is not a FHIR resource or Bundle (no resourceType)")
+    yield from _flatten(document, path.name, 0)
+
+
+def _flatten(resource: dict, source: str, line: int) -> Iterator[dict | BadLine]:
+    """A Bundle (searchset, collection, transaction) stands for its entries' resources."""
+    if resource.get("resourceType") != "Bundle":
+        yield resource
+        return
+    for index, entry in enumerate(resource.get("entry") or []):
+        inner = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(inner, dict):
+            yield from _flatten(inner, source, line)
+        else:
+            yield BadLine(source, line, f"Bundle.entry[{index}] has no resource object")
+
+
+def _iter_ndjson(handle, name: str) -> Iterator[dict | BadLine]:  # type: ignore[no-untyped-def]
+    seen_any = False
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if not seen_any and number == 1:
+                raise InputError(f"{name} is neither a JSON document nor NDJSON ({exc.msg})") from None
+            yield BadLine(name, number, f"not valid JSON ({exc.msg})")
+            continue
+        seen_any = True
+        if isinstance(value, dict):
+            yield from _flatten(value, name, number)
+        else:
+            yield BadLine(name, number, "not a JSON object")
