@@ -102,7 +102,8 @@ def episode_windows(
         # The instant the episode ends belongs to the previous local day when it is exactly midnight.
         end_day = (episode.end.astimezone(tz) - _EPSILON).date()
         last_start = min(last_start, end_day)
-    device_type = {d.id: d.type_code or d.type_display or "unknown" for d in devices}
+    # Device types by their display where the EHR gave one (the flag is read by people), else the code.
+    device_type = {d.id: d.type_display or d.type_code or "unknown type" for d in devices}
     windows: list[SupplyWindow] = []
     index = 0
     while True:
