@@ -138,7 +138,7 @@ def evaluate_month(
         month_period=month_period,
         preview=not month_period.is_closed(as_of),
         consents=records.consents,
-        episodes=tuple(Period(e.start, e.end) if e.end else Period(e.start, _OPEN) for e in all_episodes),
+        episodes=all_episodes,
         devices=records.devices,
         windows=tuple(shown_windows),
         activities=tuple(outcomes),
@@ -154,9 +154,6 @@ def evaluate_month(
         flags=tuple(found.flags),
         display_name=records.display_name,
     )
-
-
-_OPEN = datetime.max.replace(tzinfo=zone("UTC"))
 
 
 def _in_any(moment: datetime, periods: Sequence[Period]) -> bool:

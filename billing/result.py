@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 
+from billing.consent import Episode
 from billing.model import Activity, ConsentRecord, DeviceRecord
 from billing.periods import Period, YearMonth
 from billing.policy import Policy
@@ -125,7 +126,7 @@ class MonthResult:
     month_period: Period
     preview: bool  # the calendar month had not ended at as_of
     consents: tuple[ConsentRecord, ...]
-    episodes: tuple[Period, ...]
+    episodes: tuple[Episode, ...]  # continuous RPM consent; `end` None while still open
     devices: tuple[DeviceRecord, ...]
     windows: tuple[SupplyWindow, ...]  # windows that end in, or overlap, the month
     activities: tuple[ActivityOutcome, ...]  # the month's activities in time order

@@ -351,7 +351,8 @@ def log_json(result: MonthResult) -> dict[str, Any]:
         "policy": _policy_json(result),
         "consents": [_consent_json(c, tz) for c in result.consents],
         "episodes": [
-            {"from": iso_instant(e.start, tz), "until": iso_instant(e.end, tz)} for e in result.episodes
+            {"from": iso_instant(e.start, tz), "until": iso_instant(e.end, tz) if e.end else None}
+            for e in result.episodes
         ],
         "devices": [_device_json(d) for d in result.devices],
         "windows": [_window_json(w, result, tz) for w in result.windows],
@@ -496,7 +497,8 @@ def _consent_html(result: MonthResult, tz: ZoneInfo) -> str:
         for c in result.consents
     ]
     episodes = [
-        [str(i + 1), _e(_when(e.start, tz)), _e(_when(e.end, tz))] for i, e in enumerate(result.episodes)
+        [str(i + 1), _e(_when(e.start, tz)), _e(_when(e.end, tz)) if e.end else "open"]
+        for i, e in enumerate(result.episodes)
     ]
     return (
         "<section><h2>Consent</h2>"
