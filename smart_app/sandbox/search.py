@@ -388,16 +388,19 @@ def _unescape(value: str) -> str:
 
 
 def _token_alternative(raw: str, name: str) -> tuple[str | None, str | None]:
-    """(system, code): system None = any system, "" = no system; code None = any code in the system."""
+    """(system, code): system None = any system, "" = no system; code None = any code in the system.
+
+    The system ends at the first unescaped '|'; the rest is the code, so an identifier value holding '|'
+    (the product's charge keys: `patient|code|date`) matches whether the client escaped its pipes (`\\|`,
+    as FHIR asks) or not (as HAPI FHIR also reads it).
+    """
     parts = _split(raw, "|")
     if len(parts) == 1:
         return None, _unescape(parts[0])
-    if len(parts) == 2:
-        system, code = _unescape(parts[0]), _unescape(parts[1])
-        if not code and not system:
-            raise bad_request(f"search parameter '{name}': '{raw}' names neither a system nor a code")
-        return system, (code or None)
-    raise bad_request(f"search parameter '{name}': '{raw}' has more than one '|'")
+    system, code = _unescape(parts[0]), _unescape("|".join(parts[1:]))
+    if not code and not system:
+        raise bad_request(f"search parameter '{name}': '{raw}' names neither a system nor a code")
+    return system, (code or None)
 
 
 def _reference_alternative(raw: str, param: SearchParam, type_modifier: str | None) -> tuple[str | None, str]:
