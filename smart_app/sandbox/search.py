@@ -472,15 +472,14 @@ def parse_query(type_: str, params: Iterable[tuple[str, str]], zone: tzinfo) -> 
             continue  # _format, _pretty: JSON is all the sandbox speaks
         if "." in name:
             raise not_supported(f"chained search parameter '{key}' is not supported")
-        if not raw:
-            continue  # FHIR: a parameter without a value is ignored
         if name == "_id" and not modifier:
-            ids = tuple((_unescape(v),) for v in _split(raw, ","))
-            clauses.append(Clause("_id", "id", ids))
+            if raw:  # FHIR: a parameter without a value is ignored
+                clauses.append(Clause("_id", "id", tuple((_unescape(v),) for v in _split(raw, ","))))
             continue
         if name == "_lastUpdated" and not modifier:
-            alts = tuple(_date_alternative(_unescape(v), name, zone) for v in _split(raw, ","))
-            clauses.append(Clause(name, "lastUpdated", alts))
+            if raw:
+                alts = tuple(_date_alternative(_unescape(v), name, zone) for v in _split(raw, ","))
+                clauses.append(Clause(name, "lastUpdated", alts))
             continue
         param = known.get(name)
         if param is None:
@@ -494,6 +493,8 @@ def parse_query(type_: str, params: Iterable[tuple[str, str]], zone: tzinfo) -> 
                 type_modifier = modifier
             else:
                 raise not_supported(f"modifier ':{modifier}' on '{name}' is not supported by this sandbox")
+        if not raw:
+            continue  # the name is supported; without a value it is ignored (FHIR search)
         values = _split(raw, ",")
         if param.kind == "token":
             alternatives: tuple[tuple[Any, ...], ...] = tuple(_token_alternative(v, name) for v in values)
