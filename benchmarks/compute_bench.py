@@ -1,0 +1,162 @@
+"""Throughput and memory of `compute` against two baselines. Prints figures; asserts nothing.
+
+    python benchmarks/compute_bench.py [--patients 10000] [--month 2026-03] [--keep DIR]
+
+(a) `compute` end to end (read, map, bill, no output files), (b) parse-only with the json module (the
+floor), (c) parsing the same resources into fhir.resources R4B models (what a typical integrator writes).
+Each mode runs in its own process so that its peak RSS is its own. Targets (issue 2): (a) >= 100,000
+resources/s on one core and >= 0.3x of (b); memory that grows with patients, not resources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def generate(patients: int, month: str, out: Path) -> int:
+    sys.path.insert(0, str(ROOT))
+    from smart_app.synth import generate as synth
+    from smart_app.synth import write_bulk
+
+    counts = write_bulk(synth(patients, month, seed=7), out)
+    return sum(counts.values())
+
+
+def mode_compute(path: Path, month: str) -> int:
+    from billing.periods import YearMonth
+    from fhir_mapping.inbound import InboundCollector
+    from smart_app.inputs import BadLine, iter_input
+    from smart_app.pipeline import RunOptions, evaluate, parse_as_of
+
+    options = RunOptions(month=YearMonth.parse(month), as_of=parse_as_of("2030-01-01T00:00:00+00:00", "UTC"))
+    collector = InboundCollector(timezone=options.timezone)
+    count = 0
+    for item in iter_input(path):
+        count += 1
+        if not isinstance(item, BadLine):
+            collector.add(item)
+    patients, _ = collector.finish()
+    for pid in patients:
+        evaluate(patients[pid], options)
+    return count
+
+
+def mode_json(path: Path, month: str) -> int:
+    count = 0
+    for file in sorted(path.glob("*.ndjson")):
+        with file.open(encoding="utf-8") as handle:
+            for line in handle:
+                json.loads(line)
+                count += 1
+    return count
+
+
+def mode_models(path: Path, month: str) -> int:
+    import importlib
+
+    count = 0
+    models: dict[str, type] = {}
+    for file in sorted(path.glob("*.ndjson")):
+        with file.open(encoding="utf-8") as handle:
+            for line in handle:
+                data = json.loads(line)
+                kind = data["resourceType"]
+                if kind not in models:
+                    module = importlib.import_module(f"fhir.resources.R4B.{kind.lower()}")
+                    models[kind] = getattr(module, kind)
+                models[kind].model_validate(data)  # type: ignore[attr-defined]
+                count += 1
+    return count
+
+
+MODES = {"compute": mode_compute, "json": mode_json, "models": mode_models}
+
+
+def child(mode: str, path: Path, month: str) -> None:
+    start = time.perf_counter()
+    cpu_start = time.process_time()
+    count = MODES[mode](path, month)
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {"mode": mode, "resources": count, "wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak_kib / 1024}
+        )
+    )
+
+
+def run_child(mode: str, path: Path, month: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, "--input", str(path), "--month", month],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--patients", type=int, default=10_000)
+    parser.add_argument("--month", default="2026-03")
+    parser.add_argument("--keep", type=Path, help="generate into (or reuse) this folder")
+    parser.add_argument("--child", choices=sorted(MODES), help=argparse.SUPPRESS)
+    parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.input, args.month)
+        return
+    with tempfile.TemporaryDirectory(prefix="rpm-bench-") as tmp:
+        results = {}
+        for n in sorted({max(1, args.patients // 2), args.patients}):
+            folder = (args.keep / str(n)) if args.keep else Path(tmp) / str(n)
+            if not (folder / "Observation.ndjson").exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                t0 = time.perf_counter()
+                total = generate(n, args.month, folder)
+                print(f"generated {n} patients, {total} resources in {time.perf_counter() - t0:.1f} s")
+            modes = ("compute", "json", "models") if n == args.patients else ("compute",)
+            results[n] = {m: run_child(m, folder, args.month) for m in modes}
+        full = results[args.patients]
+        floor = full["json"]["resources"] / full["json"]["cpu_s"]
+        print(f"\n{'mode':<34}{'resources':>10}{'res/s (cpu)':>14}{'peak RSS MiB':>14}")
+        labels = {
+            "compute": "(a) compute end to end",
+            "json": "(b) json parse only (floor)",
+            "models": "(c) fhir.resources R4B models",
+        }
+        for mode, figures in full.items():
+            rate = figures["resources"] / figures["cpu_s"]
+            print(
+                f"{labels[mode]:<34}{figures['resources']:>10}{rate:>14,.0f}{figures['peak_rss_mib']:>14.1f}"
+            )
+        rate_a = full["compute"]["resources"] / full["compute"]["cpu_s"]
+        print(
+            f"\n(a) / (b) = {rate_a / floor:.2f} (target >= 0.3); "
+            f"(a) = {rate_a:,.0f} res/s (target >= 100,000)"
+        )
+        if len(results) > 1:
+            half = min(results)
+            grow = full["compute"]["peak_rss_mib"] - results[half]["compute"]["peak_rss_mib"]
+            print(
+                f"memory: {results[half]['compute']['peak_rss_mib']:.1f} MiB at {half} patients, "
+                f"{full['compute']['peak_rss_mib']:.1f} MiB at {args.patients}: "
+                f"{grow * 1024 / (args.patients - half):.1f} KiB per added patient"
+            )
+
+
+if __name__ == "__main__":
+    main()
