@@ -489,7 +489,7 @@ def parse_query(type_: str, params: Iterable[tuple[str, str]], zone: tzinfo) -> 
             )
         type_modifier = None
         if modifier:
-            if param.kind == "reference" and modifier in SEARCH_PARAMS:
+            if param.kind == "reference" and modifier in (param.targets or SEARCH_PARAMS):
                 type_modifier = modifier
             else:
                 raise not_supported(f"modifier ':{modifier}' on '{name}' is not supported by this sandbox")
