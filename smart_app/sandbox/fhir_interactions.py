@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -45,7 +45,6 @@ class FhirResponse:
     location: str | None = None  # "Type/id/_history/v", relative to the base
     etag: str | None = None
     last_modified: str | None = None  # FHIR instant
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _resource_response(status: int, resource: dict[str, Any], *, location: bool = False) -> FhirResponse:
@@ -81,7 +80,7 @@ class FhirInteractions:
     # ------------------------------------------------------------------------------------ routing
 
     def handle(self, req: FhirRequest, who: Principal) -> FhirResponse:
-        parts = [p for p in req.path.strip("/").split("/") if p] if req.path.strip("/") else []
+        parts = [p for p in req.path.split("/") if p]
         method = req.method.upper()
         if not parts:
             if method == "POST":

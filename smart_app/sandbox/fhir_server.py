@@ -158,7 +158,7 @@ def _http_response(resp: FhirResponse, base: str) -> Response:
             body = None
         elif "return=OperationOutcome" in prefer:
             body = operation_outcome("done", code="informational", severity="information")
-    headers: dict[str, str] = dict(resp.headers)
+    headers: dict[str, str] = {}
     if resp.etag:
         headers["ETag"] = resp.etag
     if resp.location:
