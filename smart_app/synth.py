@@ -10,9 +10,12 @@ byte-identical output, and a population of N patients is a prefix of a larger on
 
 Coverage: rare cases are pinned to fixed positions in every block of 200 patients, and the moderately common
 ones recur on fixed cycles, so any population of 60 or more patients holds at least one of each. Each
-Patient carries `meta.tag` codes (system `{canon}/synth-scenario`) naming its scenario and the management
-seconds it was built to reach under the default policy (`management-seconds-N`), which benchmarks can
-compare with the engine's answer.
+Patient carries `meta.tag` codes (system `{canon}/synth-scenario`) naming its scenario: `enrollment-*`,
+`adherence-*` (days in the month with a reading from the patient's own active device, consent aside), the
+cases applied, and `management-seconds-N`: the seconds the month's counted activities add up to under the
+default policy (interactive communications + RPM time entries + staff messages, in consent, overlaps
+merged; 0 when no RPM consent counts), which benchmarks can compare with the engine's answer. Counted
+activities never overlap one another; an activity that overlaps on purpose lies wholly inside a counted call.
 
 All data is synthetic: names come from small lists of obviously fake words, phone numbers from the fictional
 555-01xx range.
@@ -506,6 +509,8 @@ class _PatientBuilder:
                 forced.add(ctx.last)
             if self._has("reading-utc-month-start") and reading_start <= ctx.first:
                 forced.add(ctx.first)
+        if "setup-window-in-earlier-month" in self.applied:
+            forced.update((reading_start, reading_start + timedelta(days=1)))
         data_days = self._data_days(adherence, reading_start, reading_end, forced)
         self._consents(consents, recorded_late)
         self._charge_items(enrollment, consents)
@@ -563,7 +568,9 @@ class _PatientBuilder:
     def _consents(self, specs: list[_ConsentSpec], recorded_late: date | None) -> None:
         ctx, rng = self.ctx, self.rng
         for i, spec in enumerate(specs):
-            recorded_day = recorded_late if (recorded_late and i == 0) else spec.start
+            # Consent is usually recorded the day before it takes effect (provision.period.start is a date:
+            # in force from that local midnight); the "recorded late" case comes after the first reading.
+            recorded_day = recorded_late if (recorded_late and i == 0) else spec.start - timedelta(days=1)
             if recorded_late and i == 0:
                 self._apply("consent-recorded-late")
             recorded = ctx.at(recorded_day, rng.randint(9 * 3600, 16 * 3600))
@@ -629,7 +636,7 @@ class _PatientBuilder:
     def _patient(self, tags: list[str]) -> Resource:
         rng = self.rng
         birth = date(1930, 1, 1) + timedelta(days=rng.randint(0, 45 * 365))
-        gender = rng.choice(("female", "male", "female", "male", "other", "unknown"))
+        gender = rng.choices(("female", "male", "other", "unknown"), weights=(47, 47, 3, 3))[0]
         return {
             "resourceType": "Patient",
             "id": self.pid,
@@ -714,11 +721,15 @@ class _PatientBuilder:
             "patient": self.patient_ref,
         }
 
+    def _setup_billed_before(self, enrollment: str, consents: list[_ConsentSpec]) -> bool:
+        """Whether an earlier 99453 was billed: most long-enrolled patients (one in 7 has none)."""
+        long_enrolled = enrollment not in ("recent", "mid-month") and consents[0].start < self.ctx.prev_first
+        return long_enrolled and self.index % 7 != 6
+
     def _charge_items(self, enrollment: str, consents: list[_ConsentSpec]) -> None:
         rng, ctx = self.rng, self.ctx
-        long_enrolled = enrollment not in ("recent", "mid-month") and consents[0].start < ctx.prev_first
         error = self._has("prior-99453-entered-in-error")
-        if (long_enrolled and self.index % 7 != 6) or error:
+        if self._setup_billed_before(enrollment, consents) or error:
             anchor = consents[0].start + timedelta(days=rng.randint(1, 5))
             status = "entered-in-error" if error else "billed"
             self._apply("prior-99453-entered-in-error" if error else "prior-99453")
@@ -781,8 +792,13 @@ class _PatientBuilder:
             if self._has("pre-consent-readings"):
                 start -= timedelta(days=rng.randint(1, 2))
                 self._apply("pre-consent-readings")
-        else:  # long enrolled: this export starts partway through the previous month
+        elif self._setup_billed_before(enrollment, consents):  # the export starts early in the previous month
             start = max(start, ctx.prev_first + timedelta(days=rng.randint(0, 6)))
+        else:
+            # Long enrolled, no 99453 on file, data from before the previous month: the episode's first window
+            # (and so its 99453) belongs to an earlier month, which a run for this month must not bill.
+            start = max(start, ctx.prev_first - timedelta(days=rng.randint(10, 20)))
+            self._apply("setup-window-in-earlier-month")
         end = ctx.last
         if enrollment == "revoked" and consents[0].end is not None:
             end = min(ctx.last, consents[0].end + timedelta(days=rng.randint(0, 4)))
@@ -999,6 +1015,8 @@ class _PatientBuilder:
             kind = queue.pop(0) if queue else rng.choice(options)
             low, high = _KIND_SECONDS[kind]
             seconds = min(remaining, rng.randint(low, high))
+            if kind == "time-entry" and seconds >= 120:  # staff log time in whole minutes
+                seconds -= seconds % 60
             if 0 < remaining - seconds < 60:  # too short to be believable on its own: fold it in here
                 seconds = remaining
             parts.append((kind, seconds))
@@ -1387,18 +1405,15 @@ class _PatientBuilder:
             call(daytime(), rng.randint(5, 15), "entered-in-error-communication", status="entered-in-error")
         if self._has("interactive-no-duration") and not self._has("unreachable") and safe:
             call(daytime(rng.choice(safe)), 0, "interactive-no-duration")
-        if self._has("previous-month-crossing") and self._valid_on(ctx.prev_last):
+        if self._has("previous-month-crossing") and self._safely_in_force(ctx.prev_last):
             call(ctx.at(ctx.prev_last, 23 * 3600 + 45 * 60), 30, "previous-month-crossing")
         start = consents[-1].start
         if enrollment == "mid-month":
             call(daytime(start - timedelta(days=1)), 15, "call-before-consent", content=["care-plan"])
         if enrollment in ("revoked", "gap") and consents[0].end is not None:
             after = consents[0].end + timedelta(days=1)
-            if after <= ctx.last and not self._valid_on(after):
+            if after <= ctx.last and not self._safely_in_force(after):
                 call(daytime(after), 10, "call-outside-consent")
-
-    def _valid_on(self, day: date) -> bool:
-        return self._safely_in_force(day)
 
     def _extra_time_entries(
         self, daytime: Callable[..., datetime], host: tuple[datetime, datetime] | None
