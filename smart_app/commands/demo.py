@@ -13,7 +13,7 @@ from pathlib import Path
 from billing.periods import YearMonth
 from smart_app.commands import compute
 from smart_app.errors import ExitCode
-from smart_app.synth import generate, write_bulk
+from smart_app.synth import PHYSICIAN, RESOURCE_TYPES, generate, write_bulk
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> ExitCode:
     month = args.month or str(YearMonth.of(date.today()).previous())
     input_dir: Path = args.out / "input"
     input_dir.mkdir(parents=True, exist_ok=True)
+    for kind in RESOURCE_TYPES:  # a smaller population must not inherit files of an earlier, larger run
+        (input_dir / f"{kind}.ndjson").unlink(missing_ok=True)
     counts = write_bulk(generate(args.patients, month, args.seed), input_dir)
     total = sum(counts.values())
     print(f"synthetic input: {args.patients} patients, {total} resources in {input_dir}")
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> ExitCode:
         as_of=None,
         out=args.out / "output",
         format=args.format,
-        billing_practitioner="Practitioner/synth-physician-1",
+        billing_practitioner=f"Practitioner/{PHYSICIAN}",
         canon=compute.CANON,
     )
     code = compute.run(compute_args)
