@@ -95,8 +95,11 @@ def start_stack(
     policy: str | None = None,
     auto_approve: bool = False,
     clock: Clock | None = None,
+    frame_ancestors: tuple[str, ...] = (),
 ) -> TryStack:
-    """Bind the app's port, start the sandbox registered with that launch URL, then serve the app."""
+    """Bind the app's port, start the sandbox registered with that launch URL, then serve the app.
+
+    The app may be framed by itself, the sandbox EHR and `frame_ancestors` (more origins: a test page)."""
     from smart_app.synth import PHYSICIAN
 
     web = bind_web_app("127.0.0.1", app_port)
@@ -119,7 +122,7 @@ def start_stack(
     config = WebConfig(
         issuers=(IssuerConfig(name=SANDBOX_ISSUER, iss=sandbox.fhir_base, client_id=PUBLIC_APP_ID),),
         base_url=web.origin,
-        frame_ancestors=("'self'", sandbox.base_url),
+        frame_ancestors=("'self'", sandbox.base_url, *frame_ancestors),
         policy=policy,
         settings={"timezone": timezone},
         billing_practitioner=f"Practitioner/{PHYSICIAN}" if patients else None,
