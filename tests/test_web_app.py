@@ -3,6 +3,7 @@ as the browser: launch flows, the month view, write-back, the panel, and the sec
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import replace
@@ -155,6 +156,18 @@ def test_practitioner_launch_lists_the_panel(stack: TryStack) -> None:
     assert opened.status_code == 200 and 'id="patient-banner"' in opened.text
     refused = browser.get(f"{stack.app_origin}/c/{lid}/patient/not-listed", timeout=TIMEOUT)
     assert refused.status_code == 403
+
+
+def test_standalone_practitioner_launch_opens_the_panel(stack: TryStack) -> None:
+    browser = requests.Session()
+    start = f"{stack.app_origin}/standalone?" + urlencode(
+        {"iss": stack.sandbox.fhir_base, "as": "practitioner"}
+    )
+    page = browser.get(start, timeout=TIMEOUT)
+    assert page.status_code == 200 and urlsplit(page.url).path.endswith("/panel")
+    scope = parse_qs(urlsplit(page.history[1].url).query)["scope"][0].split()
+    assert "user/Observation.rs" in scope and not any(s.startswith(("patient/", "launch")) for s in scope)
+    assert f'data-patient="{WEB_PATIENT}"' in page.text
 
 
 def test_month_picker(stack: TryStack) -> None:
@@ -334,3 +347,34 @@ def test_try_describes_the_links(stack: TryStack) -> None:
     text = describe(stack)
     assert stack.ehr_launch_link() in text and stack.app_origin in text and stack.sandbox.fhir_base in text
     assert requests.get(stack.ehr_launch_link(), timeout=TIMEOUT).status_code == 200
+
+
+def test_a_refused_write_back_loses_nothing(stack: TryStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that will not take the writes (here: `apply_plan` reports a refusal): the outcome says so and
+    the resources not written can be downloaded as FHIR NDJSON."""
+    from smart_app.web import writes
+    from smart_app.writeback import WritePlan, WriteResult
+
+    def refusing(client: Any, plan: WritePlan, *, dry_run: bool = False) -> WriteResult:
+        return WriteResult(
+            plan.patient_id,
+            "refused",
+            message="the server refused the write: HTTP 405",
+            unwritten=tuple(plan.export_resources()),
+        )
+
+    monkeypatch.setattr(writes, "apply_plan", refusing)
+    browser, page = ehr_launch(stack)
+    review = browser.get(page.url + "/review", timeout=TIMEOUT)
+    form = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', review.text))
+    outcome = browser.post(page.url + "/write", data=form, timeout=TIMEOUT)
+    assert 'data-status="refused"' in outcome.text and "HTTP 405" in outcome.text
+    export = re.search(r'id="export" href="([^"]+)"', outcome.text)
+    assert export is not None
+    download = browser.get(stack.app_origin + export.group(1), timeout=TIMEOUT)
+    assert download.headers["Content-Type"].startswith("application/fhir+ndjson")
+    assert download.headers["Content-Disposition"].startswith("attachment;")
+    lines = [json.loads(line) for line in download.text.splitlines()]
+    assert sorted(r["resourceType"] for r in lines) == ["ChargeItem", "ChargeItem", "DocumentReference"]
+    assert all(r["subject"]["reference"] == f"Patient/{WEB_PATIENT}" for r in lines)
+    assert requests.get(stack.app_origin + export.group(1), timeout=TIMEOUT).status_code == 403

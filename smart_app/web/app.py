@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from smart_app.discovery import DiscoveryError, SmartConfiguration, discover
-from smart_app.errors import UsageError
+from smart_app.errors import RpmBillingError, UsageError
 from smart_app.http import FhirError, ForbiddenError, UnauthorizedError
 from smart_app.web import filters, security
 from smart_app.web.config import IssuerConfig, WebConfig
@@ -135,6 +135,12 @@ def create_app(
     def fhir_error(exc: FhirError) -> tuple[str, int]:
         log.warning("FHIR request failed: %s", exc)
         return error_page("The EHR did not answer as expected", str(exc), 502)
+
+    @app.errorhandler(RpmBillingError)
+    def other_error(exc: RpmBillingError) -> tuple[str, int]:
+        log.warning("request failed: %s", exc)
+        status = 400 if isinstance(exc, UsageError) else 502
+        return error_page("The request could not be completed", str(exc), status)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[str, int]:
