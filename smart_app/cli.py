@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "smart_app.commands.sandbox",
     "smart_app.commands.month_end",
     "smart_app.commands.serve",
+    "smart_app.commands.try_app",
     "smart_app.commands.demo",
 )
 

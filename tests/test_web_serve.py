@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -29,11 +28,6 @@ def test_serve_and_try_are_commands() -> None:
     assert args.port == 0 and args.config == Path("app.toml") and args.func is serve.run
     args = parser.parse_args(["try", "--port", "0", "--sandbox-port", "0", "--patients", "2"])
     assert (args.port, args.sandbox_port, args.patients) == (0, 0, 2)
-    # registering twice (the CLI may list try itself one day) is harmless
-    sub = argparse.ArgumentParser().add_subparsers()
-    serve.register(sub)
-    serve.register(sub)
-    assert sorted(sub.choices) == ["serve", "try"]
 
 
 def test_the_configured_app_serves_on_loopback(tmp_path: Path) -> None:

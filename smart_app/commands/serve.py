@@ -34,10 +34,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--port", type=int, help="port on 127.0.0.1 (default 8000, or RPM_APP_PORT / config)")
     parser.add_argument("--config", type=Path, help="configuration file, JSON or TOML (issuers and settings)")
     parser.set_defaults(func=run)
-    # `rpm-billing try` lives beside serve; register it here too until the CLI lists it itself.
-    from smart_app.commands import try_app
-
-    try_app.register(subparsers)
 
 
 def describe(config: WebConfig, origin: str) -> str:

@@ -28,8 +28,6 @@ SANDBOX_ISSUER = "sandbox"
 
 
 def register(subparsers: Any) -> None:
-    if "try" in subparsers.choices:
-        return
     parser = subparsers.add_parser(
         "try",
         help="start the sandbox EHR and the clinician app together and print the launch link",
