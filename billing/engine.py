@@ -12,7 +12,7 @@ from datetime import datetime
 
 from billing import codes as rules
 from billing.classify import chat_sessions, classify, describe, involves_ai, parties
-from billing.consent import Episode, consent_covering, episode_at, episodes
+from billing.consent import Episode, episode_at, episodes
 from billing.minutes import MonthClock, activity_seconds
 from billing.model import Activity, ActivityKind, ConsentRecord, PartyKind, PatientRecords
 from billing.periods import Period, YearMonth, zone
@@ -95,7 +95,12 @@ def evaluate_month(
         windows.extend(episode_windows(episode, qualifying, records.devices, tz, month.last_day, as_of))
     month_windows = [w for w in windows if w.belongs_to == month]
     shown_windows = [w for w in windows if w.first_day <= month.last_day and w.last_day >= month.first_day]
-    data_days_in_month = len({q.day for q in qualifying if month.contains(q.day)})
+    first_day, last_day = month.first_day, month.last_day
+    data_days_in_month = len({q.day for q in qualifying if first_day <= q.day <= last_day})
+    # Readings are looked at against the month and its windows several times: decide that once.
+    in_reach = _Reach([month_period, *(w.period for w in month_windows)])
+    relevant_qualifying = [q for q in qualifying if in_reach(q.reading.time)]
+    relevant_skipped = [s for s in skipped if in_reach(s.reading.time)]
 
     # Activities of the month (by their start), in time order
     month_activities = sorted(
@@ -124,9 +129,8 @@ def evaluate_month(
         policy,
         outcomes,
         month_windows,
-        shown_windows,
-        qualifying,
-        skipped,
+        relevant_qualifying,
+        relevant_skipped,
         data_days_in_month,
         found,
     )
@@ -146,9 +150,7 @@ def evaluate_month(
         interactive_count=len(interactive),
         attempt_count=len(attempts),
         data_days_in_month=data_days_in_month,
-        readings_skipped=skipped_counts(
-            s for s in skipped if _in_any(s.reading.time, [month_period, *(w.period for w in month_windows)])
-        ),
+        readings_skipped=skipped_counts(relevant_skipped),
         codes=tuple(found.codes),
         not_billed=tuple(found.not_billed),
         flags=tuple(found.flags),
@@ -156,8 +158,17 @@ def evaluate_month(
     )
 
 
-def _in_any(moment: datetime, periods: Sequence[Period]) -> bool:
-    return any(p.contains(moment) for p in periods)
+class _Reach:
+    """Whether a moment falls in any of some periods (the month and the 30-day windows that end in it)."""
+
+    def __init__(self, periods: Sequence[Period]) -> None:
+        self._bounds = [(p.start, p.end) for p in periods]
+
+    def __call__(self, moment: datetime) -> bool:
+        for start, end in self._bounds:  # noqa: SIM110 (a loop, not any(): this runs for every reading)
+            if start <= moment < end:
+                return True
+        return False
 
 
 def _month_outcomes(
@@ -459,12 +470,12 @@ def _flags(
     policy: Policy,
     outcomes: Sequence[ActivityOutcome],
     month_windows: Sequence[SupplyWindow],
-    shown_windows: Sequence[SupplyWindow],
-    qualifying: Sequence[QualifyingReading],
-    skipped: Sequence[SkippedReading],
+    relevant_qualifying: Sequence[QualifyingReading],
+    relevant_skipped: Sequence[SkippedReading],
     data_days_in_month: int,
     found: _Findings,
 ) -> None:
+    """The review flags. `relevant_*`: the readings that fall in the month or one of its windows."""
     billed_management = [c for c in found.codes if c.code in MANAGEMENT_CODES]
     if billed_management and data_days_in_month < 2:
         found.flag(
@@ -475,22 +486,18 @@ def _flags(
     counted_times = [
         o.activity.start for o in outcomes if o.counts_minutes and o.in_consent and o.activity.start
     ]
-    window_periods = [w.period for w in month_windows]
-    counted_times += [
-        q.reading.time for q in qualifying if _in_any(q.reading.time, [month_period, *window_periods])
-    ]
+    counted_times += [q.reading.time for q in relevant_qualifying]
     for consent in records.consents:
         if consent.recorded is None or consent.revoked_without_end:
             continue
-        covered = [t for t in counted_times if consent_covering([consent], t) is not None]
+        covered = _covered(consent, counted_times)
         if covered and min(covered) < consent.recorded:
             found.flag(
                 "consent-after-first-use",
                 f"Consent/{consent.id} dateTime {consent.recorded.isoformat()} is later than the first "
                 f"counted activity or reading ({min(covered).isoformat()})",
             )
-    relevant = [s for s in skipped if _in_any(s.reading.time, [month_period, *window_periods])]
-    for reason, count in skipped_counts(relevant):
+    for reason, count in skipped_counts(relevant_skipped):
         found.flag("readings-skipped", f"{count} reading(s) skipped: {reason}")
     for outcome in outcomes:
         activity = outcome.activity
@@ -519,11 +526,7 @@ def _flags(
     if attempts and not any(o.activity_class is ActivityClass.INTERACTIVE for o in outcomes):
         found.flag("unreachable", f"{attempts} attempts, no interactive contact")
     naive = [o.activity.reference for o in outcomes if o.activity.naive_time]
-    naive += [
-        f"Observation/{q.reading.id}"
-        for q in qualifying
-        if q.reading.naive_time and _in_any(q.reading.time, [month_period, *window_periods])
-    ]
+    naive += [f"Observation/{q.reading.id}" for q in relevant_qualifying if q.reading.naive_time]
     naive += [f"Consent/{c.id}" for c in records.consents if c.naive_time]
     if naive:
         found.flag(
@@ -540,6 +543,14 @@ def _flags(
         )
     for text in records.extra_flags:
         found.flag("input", text)
+
+
+def _covered(consent: ConsentRecord, moments: Sequence[datetime]) -> list[datetime]:
+    """The moments `consent` is in force at, in order: `consent_covering([consent], t)` for each, inlined."""
+    start, end = consent.start, consent.end
+    if start is None or consent.revoked_without_end:
+        return []
+    return [t for t in moments if start <= t and (end is None or t < end)]
 
 
 def _has_performer(activity: Activity) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from billing.consent import Episode, episode_at
+from billing.consent import Episode
 from billing.model import DeviceRecord, Reading
 from billing.periods import Period, window_days
 from billing.result import SupplyWindow
@@ -20,14 +20,14 @@ SKIP_OTHER_PROGRAM = "attributed to another care program"
 SKIP_OUTSIDE_CONSENT = "outside RPM consent"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class QualifyingReading:
     reading: Reading
     episode: Episode
     day: date  # local date in the practice zone
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SkippedReading:
     reading: Reading
     reason: str
@@ -47,26 +47,36 @@ def qualify_readings(
     skipped: list[SkippedReading] = []
     best_by_identifier: dict[str, QualifyingReading] = {}
     qualifying: list[QualifyingReading] = []
+    # A month holds thousands of readings per practice: the per-reading steps are inlined.
     for reading in readings:
         reason = _skip_reason(reading, rpm_devices)
-        episode = None
-        if reason is None:
-            episode = episode_at(all_episodes, reading.time)
-            if episode is None:
-                reason = SKIP_OUTSIDE_CONSENT
-        if reason is not None or episode is None:
-            skipped.append(SkippedReading(reading, reason or SKIP_OUTSIDE_CONSENT))
+        if reason is not None:
+            skipped.append(SkippedReading(reading, reason))
             continue
-        item = QualifyingReading(reading, episode, reading.time.astimezone(tz).date())
-        if reading.identifier is None:
+        moment = reading.time
+        episode = None
+        for candidate in all_episodes:  # episode_at, inlined
+            if candidate.start <= moment and (candidate.end is None or moment < candidate.end):
+                episode = candidate
+                break
+        if episode is None:
+            skipped.append(SkippedReading(reading, SKIP_OUTSIDE_CONSENT))
+            continue
+        item = QualifyingReading(reading, episode, moment.astimezone(tz).date())
+        identifier = reading.identifier
+        if identifier is None:
             qualifying.append(item)
             continue
-        kept = best_by_identifier.get(reading.identifier)
-        if kept is None or reading.time < kept.reading.time:
-            best_by_identifier[reading.identifier] = item
+        kept = best_by_identifier.get(identifier)
+        if kept is None or moment < kept.reading.time:
+            best_by_identifier[identifier] = item
     qualifying.extend(best_by_identifier.values())
-    qualifying.sort(key=lambda q: (q.reading.time, q.reading.id))
+    qualifying.sort(key=_time_then_id)
     return qualifying, skipped
+
+
+def _time_then_id(item: QualifyingReading) -> tuple[datetime, str]:
+    return item.reading.time, item.reading.id
 
 
 def _skip_reason(reading: Reading, rpm_devices: set[str]) -> str | None:

@@ -68,6 +68,13 @@ _DATETIME = re.compile(
     r"(?P<offset>[Zz]|[+-]\d{2}:?\d{2})?)?)?)?"
 )
 _OFFSET = re.compile(r"([+-])(\d{2}):?(\d{2})")
+# The shape nearly every feed sends (`2026-03-05T10:00:00-05:00`, `...:00.250Z`): ASCII digits, a full time
+# of day within range, at most six fraction digits, the offset (if any) with a colon. Such a value gives the
+# same instant through `datetime.fromisoformat`, several times faster than the tolerant reading below, which
+# still handles (and words the errors of) everything else, including a day that does not exist.
+_COMMON = re.compile(
+    r"(\d{4}-\d\d-\d\dT(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.(\d{1,6}))?)(Z|[+-]\d\d:\d\d)?", re.ASCII
+)
 
 
 def _midnight(day: date, tz: tzinfo | None) -> datetime:
@@ -96,6 +103,12 @@ def parse_time(value: object, tz: ZoneInfo, field: str) -> FhirTime:
     """
     if not isinstance(value, str):
         raise FhirTimeError(f"{field} {quote(value)} is not a FHIR dateTime (not a string)")
+    common = _COMMON.fullmatch(value)
+    if common is not None and (moment := _common_moment(common, tz)) is not None:
+        fraction, offset = common.group(2, 3)
+        if fraction is None:
+            return FhirTime(moment, Precision.SECOND, offset is None)
+        return FhirTime(moment, Precision.FRACTION, offset is None, len(fraction))
     match = _DATETIME.fullmatch(value.strip())
     if match is None:
         raise FhirTimeError(f"{field} {quote(value)} is not a FHIR dateTime")
@@ -109,6 +122,34 @@ def parse_time(value: object, tz: ZoneInfo, field: str) -> FhirTime:
     if parts["hour"] is None:
         return FhirTime(_midnight(day, tz), Precision.DAY)
     return _with_time(value, day, parts, tz, field)
+
+
+def parse_moment(value: object, tz: ZoneInfo, field: str) -> tuple[datetime, bool]:
+    """`parse_time` for a caller that needs only the instant and whether it was read without an offset.
+
+    Device readings are the bulk of a month's data and need no more, so the common shape is read here
+    without building a FhirTime; anything else goes through `parse_time` (same instants, same errors).
+    """
+    if isinstance(value, str):
+        common = _COMMON.fullmatch(value)
+        if common is not None and (moment := _common_moment(common, tz)) is not None:
+            return moment, common.group(3) is None
+    parsed = parse_time(value, tz, field)
+    return parsed.moment, parsed.naive
+
+
+def _common_moment(common: re.Match[str], tz: ZoneInfo) -> datetime | None:
+    """The instant of a value of the common shape; None when the tolerant parser must decide."""
+    offset = common.group(3)
+    zone_info = tz if offset is None else _fixed_offset(offset)
+    if zone_info is None:
+        return None  # beyond +/-14:00 or minutes over 59
+    try:
+        local = datetime.fromisoformat(common.group(1))
+    except ValueError:
+        return None  # no such day
+    # combine(), not replace(): several times faster, and every reading shares one tzinfo per offset.
+    return datetime.combine(local.date(), local.time(), zone_info)
 
 
 def _with_time(value: str, day: date, parts: dict[str, str | None], tz: ZoneInfo, field: str) -> FhirTime:

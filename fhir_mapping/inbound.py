@@ -18,7 +18,7 @@ Choices where the contract is open (see the module docstrings of fhirtime and th
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -35,7 +35,7 @@ from billing.periods import zone
 from fhir_mapping.canon import CANON, CARE_PROGRAM_CODES
 from fhir_mapping.inbound_common import Json, MapContext, Systems, as_list, as_str, human_name, patient_of
 from fhir_mapping.inbound_communication import CommunicationDraft, complete_communication, map_communication
-from fhir_mapping.inbound_observation import map_observation
+from fhir_mapping.inbound_observation import ROW_ID, ROW_PROGRAM, ROW_TIME, ReadingRow, map_observation
 from fhir_mapping.inbound_parties import resolve_party
 from fhir_mapping.inbound_records import (
     DeviceInfo,
@@ -49,7 +49,7 @@ from fhir_mapping.inbound_records import (
 )
 from fhir_mapping.issues import MappingError, SkippedResource, quote
 
-__all__ = ["InboundCollector", "SkippedResource"]
+__all__ = ["InboundCollector", "PatientRecordsMap", "SkippedResource"]
 
 # The element naming the patient a resource belongs to.
 _OWNER_FIELD = {
@@ -72,7 +72,7 @@ class _PatientAcc:
     display_name: str | None = None
     consents: dict[str, ConsentRecord] = field(default_factory=dict)
     devices: dict[str, DeviceRecord] = field(default_factory=dict)
-    readings: dict[str, Reading] = field(default_factory=dict)
+    readings: dict[str, ReadingRow] = field(default_factory=dict)  # compact until the records are built
     time_entries: dict[str, Activity] = field(default_factory=dict)
     drafts: dict[str, CommunicationDraft] = field(default_factory=dict)
     charges: dict[str, ExistingCharge] = field(default_factory=dict)
@@ -176,15 +176,24 @@ class InboundCollector:
             self._acc(owner).devices[ident] = record
 
     def _observation(self, resource: Json, ident: str, patient_id: str | None, problem: str | None) -> None:
-        patient_id = self._require_patient(patient_id, problem)
+        # The bulk of a month's data: the helpers are inlined.
+        if patient_id is None:
+            raise MappingError(problem or "has no patient reference")
         mapped = map_observation(resource, patient_id, self._ctx)
-        acc = self._acc(patient_id)
-        if isinstance(mapped, Reading):
-            acc.readings[self._key(ident)] = mapped
-        elif isinstance(mapped, Activity):
-            acc.time_entries[self._key(ident)] = mapped
-        if mapped is not None:
-            self._check_program(acc, f"Observation/{ident}", mapped.program)
+        acc = self._patients.get(patient_id)
+        if acc is None:
+            acc = self._patients[patient_id] = _PatientAcc()
+        if mapped is None:
+            return
+        key = ident or f"#{next(self._unnamed)}"
+        if isinstance(mapped, tuple):
+            acc.readings[key] = mapped
+            program = mapped[ROW_PROGRAM]
+        else:
+            acc.time_entries[key] = mapped
+            program = mapped.program
+        if program is not None:
+            self._check_program(acc, f"Observation/{ident}", program)
 
     def _communication(self, resource: Json, ident: str, patient_id: str | None, problem: str | None) -> None:
         patient_id = self._require_patient(patient_id, problem)
@@ -194,7 +203,7 @@ class InboundCollector:
         acc.flags.extend(notes)
         if draft is not None:
             acc.drafts[self._key(ident)] = draft
-            self._check_program(acc, f"Communication/{ident}", draft.activity.program)
+            self._check_program(acc, f"Communication/{ident}", draft.program)
 
     def _charge_item(self, resource: Json, ident: str, patient_id: str | None, problem: str | None) -> None:
         patient_id = self._require_patient(patient_id, problem)
@@ -254,38 +263,39 @@ class InboundCollector:
 
     # ----------------------------------------------------------------------------------------- output
 
-    def finish(self) -> tuple[dict[str, PatientRecords], list[SkippedResource]]:
+    def finish(self) -> tuple[PatientRecordsMap, list[SkippedResource]]:
         """Per-patient records (sorted, so the result does not depend on input order) and skipped resources.
 
-        May be called more than once; it does not change what was collected.
+        May be called more than once; it does not change what was collected, and what it returns does not
+        change when more is added later. A patient's readings become `Reading`s only when that patient's
+        records are read from the mapping (see PatientRecordsMap).
         """
         skipped = list(self._skipped)
-        records: dict[str, PatientRecords] = {}
+        parts: dict[str, _RecordParts] = {}
         for patient_id in sorted(self._patients):
-            records[patient_id] = self._records(patient_id, self._patients[patient_id], skipped)
-        return records, skipped
+            parts[patient_id] = self._parts(patient_id, self._patients[patient_id], skipped)
+        return PatientRecordsMap(parts), skipped
 
-    def _records(self, patient_id: str, acc: _PatientAcc, skipped: list[SkippedResource]) -> PatientRecords:
+    def _parts(self, patient_id: str, acc: _PatientAcc, skipped: list[SkippedResource]) -> _RecordParts:
         flags = list(acc.flags)
-        activities = list(acc.time_entries.values())
+        activities = [self._resolve(entry, patient_id) for entry in acc.time_entries.values()]
+
+        def resolve(party: Party) -> Party:
+            return resolve_party(party, patient_id, self._related, self._devices, self._names)
+
         for draft in acc.drafts.values():
             try:
-                activities.append(complete_communication(draft, self._encounters, flags))
+                activities.append(complete_communication(draft, self._encounters, flags, resolve))
             except MappingError as err:
-                late = SkippedResource("Communication", draft.activity.id, str(err), patient_id)
+                late = SkippedResource("Communication", draft.id, str(err), patient_id)
                 skipped.append(late)
                 flags.append(str(late))
-        return PatientRecords(
+        return _RecordParts(
             patient_id=patient_id,
             consents=tuple(sorted(acc.consents.values(), key=lambda c: (_order(c.start), c.id))),
             devices=tuple(sorted(acc.devices.values(), key=lambda d: d.id)),
-            readings=tuple(sorted(acc.readings.values(), key=lambda r: (_order(r.time), r.id))),
-            activities=tuple(
-                sorted(
-                    (self._resolve(activity, patient_id) for activity in activities),
-                    key=lambda a: (_order(a.start), a.resource_type, a.id),
-                )
-            ),
+            reading_rows=tuple(acc.readings.values()),
+            activities=tuple(sorted(activities, key=lambda a: (_order(a.start), a.resource_type, a.id))),
             charges=tuple(
                 sorted(acc.charges.values(), key=lambda c: (c.code, _order(c.period_start), c.id or ""))
             ),
@@ -310,3 +320,62 @@ class InboundCollector:
 def _order(moment: datetime | None) -> tuple[bool, float]:
     """Sort key putting unknown times last."""
     return (moment is None, moment.timestamp() if moment is not None else 0.0)
+
+
+def _reading_order(row: ReadingRow) -> tuple[float, str]:
+    """`(_order(time), id)` for a reading, whose time is never unknown."""
+    return row[ROW_TIME].timestamp(), row[ROW_ID]
+
+
+@dataclass(frozen=True, slots=True)
+class _RecordParts:
+    """One patient's records as `finish()` leaves them: everything but the readings is final."""
+
+    patient_id: str
+    consents: tuple[ConsentRecord, ...]
+    devices: tuple[DeviceRecord, ...]
+    reading_rows: tuple[ReadingRow, ...]  # in the order read; sorted when the records are built
+    activities: tuple[Activity, ...]
+    charges: tuple[ExistingCharge, ...]
+    display_name: str | None
+    extra_flags: tuple[str, ...]
+
+    def records(self) -> PatientRecords:
+        rows = sorted(self.reading_rows, key=_reading_order)
+        return PatientRecords(
+            patient_id=self.patient_id,
+            consents=self.consents,
+            devices=self.devices,
+            readings=tuple(Reading(*row) for row in rows),
+            activities=self.activities,
+            charges=self.charges,
+            display_name=self.display_name,
+            extra_flags=self.extra_flags,
+        )
+
+
+class PatientRecordsMap(Mapping[str, PatientRecords]):
+    """Patient id -> PatientRecords, in patient id order, built when read.
+
+    A month's readings are most of its data. They are kept as compact rows until one patient's records are
+    asked for, so evaluating patients one after another never holds every `Reading` of the month at once.
+    Each read builds the records afresh (equal every time); nothing collected later changes them.
+    """
+
+    def __init__(self, parts: dict[str, _RecordParts]) -> None:
+        self._parts = parts
+
+    def __getitem__(self, patient_id: str) -> PatientRecords:
+        return self._parts[patient_id].records()
+
+    def __contains__(self, patient_id: object) -> bool:
+        return patient_id in self._parts
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def __repr__(self) -> str:
+        return f"PatientRecordsMap({list(self._parts)!r})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,6 +24,7 @@ Json = dict[str, Any]
 _REFERENCE = re.compile(
     r"(?:^|.*/)(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,255})(?:/_history/[A-Za-z0-9\-.]{1,64})?"
 )
+_REFERENCE_CACHE = 8192  # distinct reference strings remembered (a few per patient in a month's export)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,13 @@ def has_code(concepts: object, system: str, code: str) -> bool:
 
 def split_reference(reference: object) -> tuple[str, str] | None:
     """`("Patient", "p1")` from `Patient/p1`, `https://ehr/fhir/Patient/p1` or `Patient/p1/_history/2`."""
+    return _split_reference(reference) if isinstance(reference, str) else None
+
+
+# A month's resources name the same few references (a patient, their devices) over and over: each distinct
+# string is parsed once. The cache holds immutable answers only and is bounded.
+@lru_cache(maxsize=_REFERENCE_CACHE)
+def _split_reference(reference: str) -> tuple[str, str] | None:
     text = as_str(reference)
     if text is None:
         return None
@@ -131,7 +140,15 @@ def patient_of(resource: Json, field: str) -> tuple[str | None, str | None]:
     element = as_dict(resource[field])
     if element is None:
         return None, f"{field} is not a Reference"
-    reference = as_str(element.get("reference"))
+    reference = element.get("reference")
+    if not isinstance(reference, str):
+        return None, f"{field} has no reference (only a display or identifier)"
+    return _patient_reference(reference, field)
+
+
+@lru_cache(maxsize=_REFERENCE_CACHE)
+def _patient_reference(raw: str, field: str) -> tuple[str | None, str | None]:
+    reference = as_str(raw)
     if reference is None:
         return None, f"{field} has no reference (only a display or identifier)"
     parts = split_reference(reference)

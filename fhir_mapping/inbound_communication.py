@@ -1,21 +1,22 @@
 """Communication → contact or attempt Activity.
 
-A Communication's duration may come from an Encounter that arrives later, so mapping is two-step:
-`map_communication` reads everything the resource itself holds into a `CommunicationDraft`;
-`complete_communication` adds the Encounter's times once all resources are read.
+A Communication's duration may come from an Encounter, and its parties from RelatedPersons and Devices, that
+arrive later, so mapping is two-step: `map_communication` reads everything the resource itself holds into a
+`CommunicationDraft`; `complete_communication` adds the Encounter's times and resolves the parties once all
+resources are read, and builds the Activity (once: it is a large record).
 
 Interactive or not is the engine's decision; free text (payload, notes) is carried for the log only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from billing.model import Activity, ActivityKind
+from billing.model import Activity, ActivityKind, Party
 from fhir_mapping.canon import COMMUNICATION_CATEGORY_CS, PARTICIPATION_MODE_CS, RPM_CONTENT_CODES
-from fhir_mapping.fhirtime import FhirTime
+from fhir_mapping.fhirtime import parse_moment
 from fhir_mapping.inbound_common import (
     Json,
     MapContext,
@@ -43,14 +44,28 @@ PARTICIPATION_MODE_SYSTEMS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class CommunicationDraft:
-    """A Communication read from the resource alone; times that depend on its Encounter are still open."""
+# A time as (instant, read without an offset).
+Moment = tuple[datetime, bool]
 
-    activity: Activity  # start/end/duration not yet set
-    period_start: FhirTime | None  # activity-period extension
-    period_end: FhirTime | None
-    sent: FhirTime | None
+
+class CommunicationDraft(NamedTuple):
+    """A Communication read from the resource alone: what its Activity needs but the times that depend on its
+    Encounter and the final parties. (A named tuple: thousands are held until finish, and it is cheap.)"""
+
+    id: str
+    status: str
+    medium: tuple[str, ...]
+    categories: tuple[str, ...]
+    sender: Party | None  # provisional (see inbound_parties)
+    recipients: tuple[Party, ...]
+    sent: Moment | None
+    status_reason: str | None
+    content: tuple[str, ...]
+    encounter_ref: str | None
+    program: str | None
+    notes: tuple[str, ...]
+    period_start: Moment | None  # activity-period extension
+    period_end: Moment | None
     encounter_key: str | None  # "Encounter/<id>" to look up once everything is read
     contained_encounter: EncounterInfo | None  # an Encounter found (or not) among `contained`
 
@@ -70,33 +85,40 @@ def map_communication(
         return None
     ident = as_str(resource.get("id")) or ""
     period_start, period_end = _activity_period(resource, ctx)
-    sent = ctx.optional_time(resource.get("sent"), "sent")
+    sent_value = resource.get("sent")
+    sent = None if sent_value is None else parse_moment(sent_value, ctx.tz, "sent")
     encounter_ref, encounter_key, contained_encounter = _encounter(resource, ctx)
-    contained = contained_map(resource)
+    contained = contained_map(resource) if "contained" in resource else {}
     sender = resource.get("sender")
-    activity = Activity(
-        resource_type="Communication",
+    # Read in the order the fields were always read, so the first problem found stays the one reported.
+    medium = _medium(resource)
+    categories = tuple(codes(resource.get("category"), COMMUNICATION_CATEGORY_CS))
+    sender_party = provisional_party(sender, patient_id, contained) if isinstance(sender, dict) else None
+    recipients = tuple(provisional_party(r, patient_id, contained) for r in dicts(resource.get("recipient")))
+    status_reason = _status_reason(resource.get("statusReason"))
+    content = _content(resource, ident, ctx, notes)
+    program = program_of(resource, ctx) if "extension" in resource else None
+    return CommunicationDraft(
         id=ident,
-        kind=ActivityKind.COMMUNICATION,
         status=status,
-        start=None,
-        medium=_medium(resource),
-        categories=tuple(codes(resource.get("category"), COMMUNICATION_CATEGORY_CS)),
-        sender=provisional_party(sender, patient_id, contained) if isinstance(sender, dict) else None,
-        recipients=tuple(
-            provisional_party(r, patient_id, contained) for r in dicts(resource.get("recipient"))
-        ),
-        sent=sent.moment if sent is not None else None,
-        status_reason=_status_reason(resource.get("statusReason")),
-        content=_content(resource, ident, ctx, notes),
+        medium=medium,
+        categories=categories,
+        sender=sender_party,
+        recipients=recipients,
+        sent=sent,
+        status_reason=status_reason,
+        content=content,
         encounter_ref=encounter_ref,
-        program=program_of(resource, ctx),
+        program=program,
         notes=_notes(resource),
+        period_start=period_start,
+        period_end=period_end,
+        encounter_key=encounter_key,
+        contained_encounter=contained_encounter,
     )
-    return CommunicationDraft(activity, period_start, period_end, sent, encounter_key, contained_encounter)
 
 
-def _activity_period(resource: Json, ctx: MapContext) -> tuple[FhirTime | None, FhirTime | None]:
+def _activity_period(resource: Json, ctx: MapContext) -> tuple[Moment | None, Moment | None]:
     extension = find_extension(resource, ctx.systems.activity_period_ext)
     if extension is None:
         return None, None
@@ -105,9 +127,10 @@ def _activity_period(resource: Json, ctx: MapContext) -> tuple[FhirTime | None, 
         raise MappingError("activity-period extension has no valuePeriod")
     if period.get("start") is None:
         raise MappingError("activity-period extension has no start")
-    start = ctx.time(period["start"], "activity-period start")
-    end = ctx.optional_time(period.get("end"), "activity-period end")
-    if end is not None and end.moment < start.moment:
+    start = parse_moment(period["start"], ctx.tz, "activity-period start")
+    end_value = period.get("end")
+    end = None if end_value is None else parse_moment(end_value, ctx.tz, "activity-period end")
+    if end is not None and end[0] < start[0]:
         raise MappingError(
             f"activity-period end {quote(period.get('end'))} is before its start {quote(period.get('start'))}"
         )
@@ -176,48 +199,58 @@ def _notes(resource: Json) -> tuple[str, ...]:
 
 
 def complete_communication(
-    draft: CommunicationDraft, encounters: Mapping[str, EncounterInfo], notes: list[str]
+    draft: CommunicationDraft,
+    encounters: Mapping[str, EncounterInfo],
+    notes: list[str],
+    resolve: Callable[[Party], Party],
 ) -> Activity:
-    """The finished Activity: start and duration from activity-period, else the Encounter, else `sent`.
+    """The finished Activity: start and duration from activity-period, else the Encounter, else `sent`;
+    parties passed through `resolve`.
 
     Raises MappingError when nothing gives the Communication a time.
     """
-    activity = draft.activity
-    naive = [t.naive for t in (draft.period_start, draft.period_end, draft.sent) if t is not None]
-    if draft.period_start is not None and draft.period_end is not None:
-        first, last = draft.period_start.moment, draft.period_end.moment
-        return replace(
-            activity,
-            start=first,
-            end=last,
-            duration_seconds=_seconds(last - first),
-            duration_source="activity-period",
-            naive_time=any(naive),
-        )
-    encounter = _find_encounter(draft, encounters, notes)
-    sent = draft.sent.moment if draft.sent is not None else None
-    period_start = draft.period_start.moment if draft.period_start is not None else None
+    naive = [t[1] for t in (draft.period_start, draft.period_end, draft.sent) if t is not None]
+    sent = draft.sent[0] if draft.sent is not None else None
     start: datetime | None
     end: datetime | None = None
     seconds: int | None = None
     source: str | None = None
-    if encounter is None:
-        start = period_start or sent
+    if draft.period_start is not None and draft.period_end is not None:
+        start, end = draft.period_start[0], draft.period_end[0]
+        seconds, source = _seconds(end - start), "activity-period"
     else:
-        naive.append(encounter.naive)
-        start = period_start or encounter.start or sent
-        seconds = encounter.length_seconds
-        source = "encounter" if seconds is not None else None
-        end = start + timedelta(seconds=seconds) if start is not None and seconds is not None else None
-    if start is None:
-        raise MappingError("has no time (no activity-period start, Encounter period.start or sent)")
-    return replace(
-        activity,
+        encounter = _find_encounter(draft, encounters, notes)
+        period_start = draft.period_start[0] if draft.period_start is not None else None
+        if encounter is None:
+            start = period_start or sent
+        else:
+            naive.append(encounter.naive)
+            start = period_start or encounter.start or sent
+            seconds = encounter.length_seconds
+            source = "encounter" if seconds is not None else None
+            end = start + timedelta(seconds=seconds) if start is not None and seconds is not None else None
+        if start is None:
+            raise MappingError("has no time (no activity-period start, Encounter period.start or sent)")
+    return Activity(
+        resource_type="Communication",
+        id=draft.id,
+        kind=ActivityKind.COMMUNICATION,
+        status=draft.status,
         start=start,
         end=end,
         duration_seconds=seconds,
         duration_source=source,
+        medium=draft.medium,
+        categories=draft.categories,
+        sender=resolve(draft.sender) if draft.sender is not None else None,
+        recipients=tuple(resolve(p) for p in draft.recipients),
+        sent=sent,
+        status_reason=draft.status_reason,
+        content=draft.content,
+        encounter_ref=draft.encounter_ref,
+        program=draft.program,
         naive_time=any(naive),
+        notes=draft.notes,
     )
 
 
@@ -225,7 +258,7 @@ def _find_encounter(
     draft: CommunicationDraft, encounters: Mapping[str, EncounterInfo], notes: list[str]
 ) -> EncounterInfo | None:
     """The usable Encounter of the draft, or None (with a note when one was named but cannot be used)."""
-    where = f"Communication/{draft.activity.id}"
+    where = f"Communication/{draft.id}"
     encounter = draft.contained_encounter
     if encounter is None and draft.encounter_key is not None:
         encounter = encounters.get(draft.encounter_key)
@@ -233,7 +266,7 @@ def _find_encounter(
             notes.append(f"{where}: {draft.encounter_key} was not found; no duration from an Encounter")
             return None
     if encounter is not None and encounter.problem is not None:
-        notes.append(f"{where}: {draft.activity.encounter_ref} not used: {encounter.problem}")
+        notes.append(f"{where}: {draft.encounter_ref} not used: {encounter.problem}")
         return None
     return encounter
 

@@ -7,18 +7,20 @@ decision; this module carries `device_id`, `program` and the dedupe `identifier`
 from __future__ import annotations
 
 import sys
-from datetime import timedelta
+from dataclasses import fields
+from datetime import datetime, timedelta
+from typing import Final
 
 from billing.model import Activity, ActivityKind, Reading
 from fhir_mapping.canon import RPM_ACTIVITY_CODES
-from fhir_mapping.fhirtime import FhirTime, duration_seconds
+from fhir_mapping.fhirtime import FhirTime, duration_seconds, parse_moment
 from fhir_mapping.inbound_common import (
     Json,
     MapContext,
     as_dict,
+    as_list,
     as_str,
     codes,
-    codings,
     contained_map,
     dicts,
     program_of,
@@ -30,38 +32,72 @@ from fhir_mapping.issues import MappingError, quote
 # Statuses of a result that exists; registered/cancelled/entered-in-error/unknown are ignored quietly.
 OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
 
+# A device reading as a row of plain values, `Reading`'s fields in its order: `Reading(*row)` builds it.
+# Readings are the bulk of a month's data. A tuple of plain values is smaller than the dataclass and is
+# dropped from the garbage collector's watch, so the month's readings cost no collector time while the
+# rest is read; the collector builds the `Reading`s one patient at a time.
+ReadingRow = tuple[str, datetime, str | None, str | None, str | None, bool, str | None]
+ROW_ID: Final = 0
+ROW_TIME: Final = 1
+ROW_PROGRAM: Final = 4
+if tuple(f.name for f in fields(Reading)) != (
+    "id",
+    "time",
+    "device_id",
+    "identifier",
+    "program",
+    "naive_time",
+    "code_display",
+):  # pragma: no cover - guards the row layout against a change of the domain record
+    raise ImportError("billing.model.Reading changed: update ReadingRow in fhir_mapping.inbound_observation")
+
 
 def is_time_entry(resource: Json, ctx: MapContext) -> bool:
     """`code` has a coding from the project's rpm-activity CodeSystem."""
-    return any(
-        coding.get("system") == ctx.systems.rpm_activity_cs for coding in codings(resource.get("code"))
-    )
+    code = resource.get("code")
+    if not isinstance(code, dict):
+        return False
+    system = ctx.systems.rpm_activity_cs
+    for coding in as_list(code.get("coding")):
+        if isinstance(coding, dict) and coding.get("system") == system:
+            return True
+    return False
 
 
-def map_observation(resource: Json, patient_id: str, ctx: MapContext) -> Reading | Activity | None:
-    """A Reading or a time-entry Activity; None for a status that is not a result (ignored quietly)."""
-    status = as_str(resource.get("status"))
-    if status is None:
-        raise MappingError("has no status")
-    if status not in OBSERVATION_STATUSES:
-        return None
+def map_observation(resource: Json, patient_id: str, ctx: MapContext) -> ReadingRow | Activity | None:
+    """A reading (as a ReadingRow) or a time-entry Activity; None for a status that is not a result (ignored
+    quietly)."""
+    status = resource.get("status")
+    if not (isinstance(status, str) and status in OBSERVATION_STATUSES):  # a plain "final" needs no strip
+        status = as_str(status)
+        if status is None:
+            raise MappingError("has no status")
+        if status not in OBSERVATION_STATUSES:
+            return None
     if is_time_entry(resource, ctx):
         return _time_entry(resource, status, patient_id, ctx)
     return _reading(resource, ctx)
 
 
-def _reading(resource: Json, ctx: MapContext) -> Reading:
-    start, _ = effective(resource, ctx, prefer_period=False)
-    device_id, display = _device_id(resource), _code_display(resource)
-    return Reading(
-        id=as_str(resource.get("id")) or "",
-        time=start.moment,
-        # Readings are the bulk of a month's data: share the strings that repeat across them.
-        device_id=sys.intern(device_id) if device_id else device_id,
-        identifier=_dedupe_key(resource),
-        program=program_of(resource, ctx),
-        naive_time=start.naive,
-        code_display=sys.intern(display) if display else None,
+def _reading(resource: Json, ctx: MapContext) -> ReadingRow:
+    """A device reading as a ReadingRow. Each step reads the common shape directly; repeated strings are
+    shared."""
+    value = resource.get("effectiveDateTime")
+    if value is not None:
+        moment, naive = parse_moment(value, ctx.tz, "effectiveDateTime")
+    else:
+        start, _ = effective(resource, ctx, prefer_period=False)
+        moment, naive = start.moment, start.naive
+    device_id = _device_id(resource)
+    display = _code_display(resource)
+    return (
+        as_str(resource.get("id")) or "",
+        moment,
+        sys.intern(device_id) if device_id else device_id,
+        _dedupe_key(resource) if "identifier" in resource else None,
+        program_of(resource, ctx) if "extension" in resource else None,
+        naive,
+        sys.intern(display) if display else None,
     )
 
 
@@ -83,19 +119,31 @@ def _device_id(resource: Json) -> str | None:
 
 def _dedupe_key(resource: Json) -> str | None:
     """The first identifier with both system and value, as "system|value"."""
-    for identifier in dicts(resource.get("identifier")):
-        system, value = as_str(identifier.get("system")), as_str(identifier.get("value"))
-        if system and value:
-            return f"{system}|{value}"
+    for identifier in as_list(resource.get("identifier")):
+        if not isinstance(identifier, dict):
+            continue
+        system, value = identifier.get("system"), identifier.get("value")
+        if isinstance(system, str) and isinstance(value, str):
+            system, value = system.strip(), value.strip()
+            if system and value:
+                return f"{system}|{value}"
     return None
 
 
 def _code_display(resource: Json) -> str | None:
-    code = as_dict(resource.get("code")) or {}
-    text = as_str(code.get("text"))
-    if text:
+    """`code.text`, else the first display of its codings (the reading's name in the log)."""
+    code = resource.get("code")
+    if not isinstance(code, dict):
+        return None
+    text = code.get("text")
+    if isinstance(text, str) and (text := text.strip()):
         return text
-    return next((d for d in (as_str(c.get("display")) for c in codings(code)) if d), None)
+    for coding in as_list(code.get("coding")):
+        if isinstance(coding, dict):
+            display = coding.get("display")
+            if isinstance(display, str) and (display := display.strip()):
+                return display
+    return None
 
 
 def effective(resource: Json, ctx: MapContext, *, prefer_period: bool) -> tuple[FhirTime, FhirTime | None]:

@@ -8,7 +8,6 @@ it (Bulk NDJSON comes type by type). `provisional_party` decides what the refere
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from billing.model import Party, PartyKind
 from fhir_mapping.inbound_common import Json, as_dict, as_str, human_name, patient_of, split_reference
@@ -91,19 +90,20 @@ def resolve_party(
     never seen). Device: ai-system when it has no patient, device when it has one, unknown when never seen.
     A missing display is filled from the named resource when we read one.
     """
-    resolved = party
+    kind = party.kind
     kind_name, _, ident = party.reference.partition("/")
     if kind_name == "RelatedPerson":
         info = related.get(ident)
         kind = _related_kind(info, patient_id) if info else PartyKind.RELATED_PERSON
-        resolved = replace(resolved, kind=kind)
     elif kind_name == "Device":
         device = devices.get(ident)
         if device is None:
             kind = PartyKind.UNKNOWN
         else:
             kind = PartyKind.AI_SYSTEM if device.patient_id is None else PartyKind.DEVICE
-        resolved = replace(resolved, kind=kind)
-    if resolved.display is None and party.reference in names:
-        resolved = replace(resolved, display=names[party.reference])
-    return resolved if resolved != party else party
+    display = party.display
+    if display is None:
+        display = names.get(party.reference)
+    if kind is party.kind and display == party.display:
+        return party
+    return Party(kind, party.reference, display)
