@@ -347,10 +347,9 @@ class _PatientReader:
         self.episodes = episodes(self._records().consents)
         self._second_batch()
         self._unresolved()
-        records = self._records()
-        _, skipped = self.collector.finish()
+        all_records, skipped = self.collector.finish()
         return PatientFetch(
-            records=records,
+            records=all_records.get(self.pid) or PatientRecords(patient_id=self.pid),
             skipped=skipped,
             charge_resources=charges,
             document_resources=documents,
