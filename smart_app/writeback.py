@@ -249,8 +249,9 @@ class _Planner:
                         ManualCorrection(
                             charge.get("id"),
                             line.code,
-                            f"billed as {_units(charge)} unit(s); this run computes {line.units} unit(s) "
-                            f"({line.status.value}): correct it by hand, nothing was written",
+                            f"billed ({_units(charge)} unit(s)) but this run computes it differently "
+                            f"({line.units} unit(s), {line.status.value}): correct it by hand "
+                            "(nothing written)",
                         )
                     )
                 continue
