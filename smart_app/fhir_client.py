@@ -313,13 +313,20 @@ class FhirClient:
         return self._post_bundle(bundle, "transaction")
 
     def batch(self, bundle: Mapping[str, Any]) -> dict[str, Any]:
-        """POST a `batch` Bundle (entries succeed or fail one by one; see `entry_responses`)."""
-        return self._post_bundle(bundle, "batch")
+        """POST a `batch` Bundle (entries succeed or fail one by one; see `entry_responses`).
 
-    def _post_bundle(self, bundle: Mapping[str, Any], kind: str) -> dict[str, Any]:
+        A batch of reads only (every entry a GET) is safe to repeat after a timeout or a 5xx, so it is
+        retried like a GET; a batch holding any write is not (its outcome would be unknown)."""
+        entries = bundle.get("entry") or []
+        reads_only = bool(entries) and all(
+            str((entry.get("request") or {}).get("method", "")).upper() == "GET" for entry in entries
+        )
+        return self._post_bundle(bundle, "batch", idempotent=reads_only)
+
+    def _post_bundle(self, bundle: Mapping[str, Any], kind: str, idempotent: bool = False) -> dict[str, Any]:
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") != kind:
             raise ValueError(f"expected a Bundle of type {kind!r}")
-        response = self.transport.request("POST", self.base_url, body=bundle)
+        response = self.transport.request("POST", self.base_url, body=bundle, idempotent=idempotent)
         doc = self._json(response, self.base_url)
         if doc.get("resourceType") != "Bundle":
             raise FhirError(

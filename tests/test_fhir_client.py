@@ -478,6 +478,37 @@ def test_transaction_timeout_is_outcome_unknown():
     assert len(responses.calls) == 1 and slept == []
 
 
+@responses.activate
+def test_a_batch_of_reads_is_retried_like_a_read():
+    responses.post(BASE, status=503)
+    responses.post(BASE, json={"resourceType": "Bundle", "type": "batch-response", "entry": []})
+    client, slept = make_client()
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": "Device"}}],
+    }
+    assert client.batch(bundle)["type"] == "batch-response"
+    assert len(responses.calls) == 2 and len(slept) == 1
+
+
+@responses.activate
+def test_a_batch_holding_a_write_is_not_blindly_repeated():
+    responses.post(BASE, status=504)
+    client, slept = make_client()
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": "Device"}},
+            {"request": {"method": "POST", "url": "Basic"}},
+        ],
+    }
+    with pytest.raises(OutcomeUnknownError):
+        client.batch(bundle)
+    assert len(responses.calls) == 1 and slept == []
+
+
 # --------------------------------------------------------------------------------------------------
 # Capabilities
 # --------------------------------------------------------------------------------------------------
