@@ -549,7 +549,10 @@ def _date_condition(alt: tuple[str, int, int], lo: str, hi: str) -> tuple[str, l
     return sql, list(_DATE_ARGS[prefix](sl, sh))
 
 
-_IDX_SELECT = "SELECT rid FROM idx WHERE rtype = r.rtype AND param = ?"
+# Token and reference clauses are uncorrelated subqueries (the type is a bound value, not r.rtype): SQLite
+# runs each once through idx_value and looks the few matching resources up by id.
+_IDX_SELECT = "SELECT rid FROM idx WHERE rtype = ? AND param = ?"
+_IDX_OF_RESOURCE = "SELECT 1 FROM idx WHERE rtype = r.rtype AND rid = r.rid AND param = ?"
 
 
 def where_clause(query: SearchQuery, patient: str | None) -> tuple[str, list[Any]]:
@@ -577,16 +580,20 @@ def where_clause(query: SearchQuery, patient: str | None) -> tuple[str, list[Any
             )
             conditions.append(condition)
             condition_args.extend(one_args)
-        sql.append(f"r.rid IN ({_IDX_SELECT} AND ({' OR '.join(conditions)}))")
-        args.append(clause.name)
-        args.extend(condition_args)
+        if clause.kind == "date":
+            # Date ranges select poorly (half of all readings are "after" a date): test them per candidate.
+            sql.append(f"EXISTS ({_IDX_OF_RESOURCE} AND ({' OR '.join(conditions)}))")
+            args.extend([clause.name, *condition_args])
+        else:
+            sql.append(f"r.rid IN ({_IDX_SELECT} AND ({' OR '.join(conditions)}))")
+            args.extend([query.type_, clause.name, *condition_args])
     if patient is not None:
         if query.type_ == "Patient":
             sql.append("r.rid = ?")
             args.append(patient)
         elif query.type_ not in SHARED_TYPES:
             sql.append(f"r.rid IN ({_IDX_SELECT} AND sys = 'Patient' AND val = ?)")
-            args.extend([COMPARTMENT, patient])
+            args.extend([query.type_, COMPARTMENT, patient])
     return " AND ".join(sql), args
 
 

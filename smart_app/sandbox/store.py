@@ -59,8 +59,7 @@ CREATE TABLE IF NOT EXISTS idx (
     hi INTEGER
 );
 CREATE INDEX IF NOT EXISTS idx_value ON idx (rtype, param, val);
-CREATE INDEX IF NOT EXISTS idx_date ON idx (rtype, param, lo);
-CREATE INDEX IF NOT EXISTS idx_resource ON idx (rtype, rid);
+CREATE INDEX IF NOT EXISTS idx_resource ON idx (rtype, rid, param);
 """
 
 
