@@ -305,7 +305,7 @@ def index_rows(resource: dict[str, Any], zone: tzinfo) -> list[IndexRow]:
                 if param.kind == "token":
                     rows.extend(IndexRow(param.name, s, v) for s, v in _tokens(value) if v)
                 elif param.kind == "reference":
-                    ref = parse_reference(value.get("reference")) if isinstance(value, dict) else None
+                    ref = _reference_of(value)
                     if ref and (not param.targets or ref[0] in param.targets):
                         rows.append(IndexRow(param.name, ref[0], ref[1]))
                 else:
@@ -321,21 +321,24 @@ def compartment_patients(resource: dict[str, Any]) -> set[str]:
     type_ = resource.get("resourceType")
     if type_ == "Patient":
         return {resource["id"]} if isinstance(resource.get("id"), str) else set()
-    patients: set[str] = set()
-    for path in PATIENT_COMPARTMENT.get(str(type_), ()):
-        for value in walk(resource, path):
-            ref = parse_reference(value.get("reference")) if isinstance(value, dict) else None
-            if ref and ref[0] == "Patient":
-                patients.add(ref[1])
-    return patients
+    return {
+        id_
+        for path in PATIENT_COMPARTMENT.get(str(type_), ())
+        for id_ in references(resource, path, "Patient")
+    }
 
 
 def references(resource: dict[str, Any], path: str, target: str) -> Iterator[str]:
     """Ids of the `target` resources referenced at `path`."""
     for value in walk(resource, path):
-        ref = parse_reference(value.get("reference")) if isinstance(value, dict) else None
+        ref = _reference_of(value)
         if ref and ref[0] == target:
             yield ref[1]
+
+
+def _reference_of(value: Any) -> tuple[str, str] | None:
+    """(type, id) of a Reference element, None if it is not one to a resource by type and id."""
+    return parse_reference(value.get("reference")) if isinstance(value, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------- queries
