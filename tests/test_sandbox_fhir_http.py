@@ -73,6 +73,17 @@ def observation(patient: str, when: str | None = None, **extra: Any) -> dict[str
     return resource
 
 
+def visit(patient: str, **extra: Any) -> dict[str, Any]:
+    """A virtual Encounter of the patient."""
+    return {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
+        "subject": {"reference": f"Patient/{patient}"},
+        **extra,
+    }
+
+
 def search(fhir: LiveFhir, type_: str, params: list[tuple[str, str]] | dict[str, str]) -> dict[str, Any]:
     bundle = ok(fhir.get(type_, params=params))
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset"
@@ -277,16 +288,8 @@ def test_observation_date_ranges_compare_instants(
 )
 def test_encounter_date_searches_its_period(fhir_server: LiveFhir, value: str, matches: bool) -> None:
     patient = new_patient(fhir_server)
-    encounter = create(
-        fhir_server,
-        {
-            "resourceType": "Encounter",
-            "status": "finished",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
-            "subject": {"reference": f"Patient/{patient}"},
-            "period": {"start": "2025-01-10T10:00:00Z", "end": "2025-01-10T10:30:00Z"},
-        },
-    )
+    period = {"start": "2025-01-10T10:00:00Z", "end": "2025-01-10T10:30:00Z"}
+    encounter = create(fhir_server, visit(patient, period=period))
     bundle = search(fhir_server, "Encounter", {"patient": patient, "date": value})
     assert ids(bundle) == ({encounter["id"]} if matches else set())
 
@@ -321,15 +324,7 @@ def test_communication_sent_range_and_status(fhir_server: LiveFhir) -> None:
 
 def test_include_communication_encounter(fhir_server: LiveFhir) -> None:
     patient = new_patient(fhir_server)
-    encounter = create(
-        fhir_server,
-        {
-            "resourceType": "Encounter",
-            "status": "finished",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
-            "subject": {"reference": f"Patient/{patient}"},
-        },
-    )
+    encounter = create(fhir_server, visit(patient))
     with_visit = create(
         fhir_server,
         communication(
@@ -552,12 +547,7 @@ def test_transaction_rewrites_urn_uuid_references(fhir_server: LiveFhir) -> None
         "entry": [
             {
                 "fullUrl": encounter_url,
-                "resource": {
-                    "resourceType": "Encounter",
-                    "status": "finished",
-                    "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
-                    "subject": {"reference": patient_url},
-                },
+                "resource": visit("placeholder") | {"subject": {"reference": patient_url}},
                 "request": {"method": "POST", "url": "Encounter"},
             },
             {
