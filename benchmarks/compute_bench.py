@@ -22,8 +22,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def use_this_tree() -> None:
+    """Import the packages next to this file, not whatever an installed (editable) copy points at."""
+    if sys.path[0] != str(ROOT):
+        sys.path.insert(0, str(ROOT))
+
+
 def generate(patients: int, month: str, out: Path) -> int:
-    sys.path.insert(0, str(ROOT))
+    use_this_tree()
     from smart_app.synth import generate as synth
     from smart_app.synth import write_bulk
 
@@ -82,6 +88,7 @@ MODES = {"compute": mode_compute, "json": mode_json, "models": mode_models}
 
 
 def child(mode: str, path: Path, month: str) -> None:
+    use_this_tree()
     start = time.perf_counter()
     cpu_start = time.process_time()
     count = MODES[mode](path, month)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from billing.model import ConsentRecord
 
@@ -46,6 +46,53 @@ def episodes(consents: Iterable[ConsentRecord]) -> tuple[Episode, ...]:
         Episode(index=i, start=start, end=end, consent_ids=tuple(ids))
         for i, (start, end, ids) in enumerate(merged)
     )
+
+
+class InstantSpans:
+    """A few half-open spans of time `[start, end)` (`end` None: open) asked about many moments.
+
+    `index(moment)` is exactly the first span with `start <= moment and (end is None or moment < end)`, only
+    faster. Python compares aware datetimes with different tzinfo objects by asking both for their UTC
+    offset, which is slow; moments read from FHIR carry a fixed-offset `timezone` (one shared object per
+    offset) or the practice zone. So for each fixed offset met, the bounds are converted into it once: with
+    the same tzinfo on both sides Python compares the fields, which for a fixed offset is the order of the
+    instants. A bound that already has the moment's tzinfo is used as it is (Python compares it that way
+    anyway), and so is everything for any other kind of tzinfo.
+    """
+
+    def __init__(self, spans: Iterable[tuple[datetime, datetime | None]]) -> None:
+        self._spans = tuple(spans)
+        self._by_zone: dict[object, tuple[tuple[datetime, datetime | None], ...]] = {}
+
+    def index(self, moment: datetime) -> int | None:
+        zone = moment.tzinfo
+        spans = self._by_zone.get(zone)
+        if spans is None:
+            spans = self._by_zone[zone] = self._in_zone(zone)
+        for position, (start, end) in enumerate(spans):
+            if start <= moment and (end is None or moment < end):
+                return position
+        return None
+
+    def __contains__(self, moment: datetime) -> bool:
+        return self.index(moment) is not None
+
+    def _in_zone(self, zone: object) -> tuple[tuple[datetime, datetime | None], ...]:
+        if type(zone) is not timezone:
+            return self._spans
+        return tuple(
+            (_into(start, zone), None if end is None else _into(end, zone)) for start, end in self._spans
+        )
+
+
+def _into(bound: datetime, zone: timezone) -> datetime:
+    """The same instant in `zone` (unchanged when it is already there or cannot be shown there)."""
+    if bound.tzinfo is zone:
+        return bound
+    try:
+        return bound.astimezone(zone)
+    except OverflowError:  # near year 1 or 9999: compared as it is (exact, only slower)
+        return bound
 
 
 def episode_at(all_episodes: Sequence[Episode], moment: datetime | None) -> Episode | None:

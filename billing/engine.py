@@ -12,7 +12,7 @@ from datetime import datetime
 
 from billing import codes as rules
 from billing.classify import chat_sessions, classify, describe, involves_ai, parties
-from billing.consent import Episode, episode_at, episodes
+from billing.consent import Episode, InstantSpans, episode_at, episodes
 from billing.minutes import MonthClock, activity_seconds
 from billing.model import Activity, ActivityKind, ConsentRecord, PartyKind, PatientRecords
 from billing.periods import Period, YearMonth, zone
@@ -98,7 +98,7 @@ def evaluate_month(
     first_day, last_day = month.first_day, month.last_day
     data_days_in_month = len({q.day for q in qualifying if first_day <= q.day <= last_day})
     # Readings are looked at against the month and its windows several times: decide that once.
-    in_reach = _Reach([month_period, *(w.period for w in month_windows)])
+    in_reach = _reach([month_period, *(w.period for w in month_windows)])
     relevant_qualifying = [q for q in qualifying if in_reach(q.reading.time)]
     relevant_skipped = [s for s in skipped if in_reach(s.reading.time)]
 
@@ -158,17 +158,9 @@ def evaluate_month(
     )
 
 
-class _Reach:
-    """Whether a moment falls in any of some periods (the month and the 30-day windows that end in it)."""
-
-    def __init__(self, periods: Sequence[Period]) -> None:
-        self._bounds = [(p.start, p.end) for p in periods]
-
-    def __call__(self, moment: datetime) -> bool:
-        for start, end in self._bounds:  # noqa: SIM110 (a loop, not any(): this runs for every reading)
-            if start <= moment < end:
-                return True
-        return False
+def _reach(periods: Sequence[Period]) -> Callable[[datetime], bool]:
+    """Whether a moment falls in any of `periods` (the month and the 30-day windows that end in it)."""
+    return InstantSpans((p.start, p.end) for p in periods).__contains__
 
 
 def _month_outcomes(
@@ -547,10 +539,10 @@ def _flags(
 
 def _covered(consent: ConsentRecord, moments: Sequence[datetime]) -> list[datetime]:
     """The moments `consent` is in force at, in order: `consent_covering([consent], t)` for each, inlined."""
-    start, end = consent.start, consent.end
-    if start is None or consent.revoked_without_end:
+    if consent.start is None or consent.revoked_without_end:
         return []
-    return [t for t in moments if start <= t and (end is None or t < end)]
+    in_force = InstantSpans([(consent.start, consent.end)])
+    return [t for t in moments if t in in_force]
 
 
 def _has_performer(activity: Activity) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from billing.consent import Episode
+from billing.consent import Episode, InstantSpans
 from billing.model import DeviceRecord, Reading
 from billing.periods import Period, window_days
 from billing.result import SupplyWindow
@@ -47,22 +47,18 @@ def qualify_readings(
     skipped: list[SkippedReading] = []
     best_by_identifier: dict[str, QualifyingReading] = {}
     qualifying: list[QualifyingReading] = []
-    # A month holds thousands of readings per practice: the per-reading steps are inlined.
+    in_force = InstantSpans((e.start, e.end) for e in all_episodes)  # episode_at, for many readings
     for reading in readings:
         reason = _skip_reason(reading, rpm_devices)
         if reason is not None:
             skipped.append(SkippedReading(reading, reason))
             continue
         moment = reading.time
-        episode = None
-        for candidate in all_episodes:  # episode_at, inlined
-            if candidate.start <= moment and (candidate.end is None or moment < candidate.end):
-                episode = candidate
-                break
-        if episode is None:
+        position = in_force.index(moment)
+        if position is None:
             skipped.append(SkippedReading(reading, SKIP_OUTSIDE_CONSENT))
             continue
-        item = QualifyingReading(reading, episode, moment.astimezone(tz).date())
+        item = QualifyingReading(reading, all_episodes[position], moment.astimezone(tz).date())
         identifier = reading.identifier
         if identifier is None:
             qualifying.append(item)

@@ -130,10 +130,16 @@ def parse_moment(value: object, tz: ZoneInfo, field: str) -> tuple[datetime, boo
     Device readings are the bulk of a month's data and need no more, so the common shape is read here
     without building a FhirTime; anything else goes through `parse_time` (same instants, same errors).
     """
-    if isinstance(value, str):
-        common = _COMMON.fullmatch(value)
-        if common is not None and (moment := _common_moment(common, tz)) is not None:
-            return moment, common.group(3) is None
+    if isinstance(value, str) and (common := _COMMON.fullmatch(value)) is not None:
+        local, _, offset = common.groups()
+        zone_info = tz if offset is None else _fixed_offset(offset)
+        if zone_info is not None:  # the steps of _common_moment, inlined: this runs for every reading
+            try:
+                parsed_local = datetime.fromisoformat(local)
+            except ValueError:
+                pass
+            else:
+                return datetime.combine(parsed_local.date(), parsed_local.time(), zone_info), offset is None
     parsed = parse_time(value, tz, field)
     return parsed.moment, parsed.naive
 

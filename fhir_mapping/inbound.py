@@ -280,8 +280,14 @@ class InboundCollector:
         flags = list(acc.flags)
         activities = [self._resolve(entry, patient_id) for entry in acc.time_entries.values()]
 
+        resolved: dict[int, Party] = {}  # by identity: the drafts share their provisional parties
+
         def resolve(party: Party) -> Party:
-            return resolve_party(party, patient_id, self._related, self._devices, self._names)
+            found = resolved.get(id(party))
+            if found is None:
+                found = resolve_party(party, patient_id, self._related, self._devices, self._names)
+                resolved[id(party)] = found
+            return found
 
         for draft in acc.drafts.values():
             try:
@@ -306,8 +312,14 @@ class InboundCollector:
     def _resolve(self, activity: Activity, patient_id: str) -> Activity:
         """Resolve RelatedPerson and Device parties now that every resource has been read."""
 
+        resolved: dict[int, Party] = {}  # by identity: the drafts share their provisional parties
+
         def resolve(party: Party) -> Party:
-            return resolve_party(party, patient_id, self._related, self._devices, self._names)
+            found = resolved.get(id(party))
+            if found is None:
+                found = resolve_party(party, patient_id, self._related, self._devices, self._names)
+                resolved[id(party)] = found
+            return found
 
         sender = resolve(activity.sender) if activity.sender is not None else None
         recipients = tuple(resolve(p) for p in activity.recipients)

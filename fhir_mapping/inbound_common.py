@@ -141,20 +141,19 @@ def patient_of(resource: Json, field: str) -> tuple[str | None, str | None]:
     if element is None:
         return None, f"{field} is not a Reference"
     reference = element.get("reference")
-    if not isinstance(reference, str):
+    if isinstance(reference, str) and (patient_id := _patient_id(reference)) is not None:
+        return patient_id, None
+    reference = as_str(reference)
+    if reference is None:
         return None, f"{field} has no reference (only a display or identifier)"
-    return _patient_reference(reference, field)
+    return None, f"{field} {quote(reference)} is not a Patient reference"
 
 
 @lru_cache(maxsize=_REFERENCE_CACHE)
-def _patient_reference(raw: str, field: str) -> tuple[str | None, str | None]:
-    reference = as_str(raw)
-    if reference is None:
-        return None, f"{field} has no reference (only a display or identifier)"
+def _patient_id(reference: str) -> str | None:
+    """The id of a Patient reference; None when `reference` is not one."""
     parts = split_reference(reference)
-    if parts is None or parts[0] != "Patient":
-        return None, f"{field} {quote(reference)} is not a Patient reference"
-    return parts[1], None
+    return parts[1] if parts is not None and parts[0] == "Patient" else None
 
 
 def find_extension(resource: Json, url: str) -> Json | None:

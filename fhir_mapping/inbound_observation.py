@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import fields
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Final
 
 from billing.model import Activity, ActivityKind, Reading
@@ -93,7 +94,7 @@ def _reading(resource: Json, ctx: MapContext) -> ReadingRow:
     return (
         as_str(resource.get("id")) or "",
         moment,
-        sys.intern(device_id) if device_id else device_id,
+        device_id,
         _dedupe_key(resource) if "identifier" in resource else None,
         program_of(resource, ctx) if "extension" in resource else None,
         naive,
@@ -110,11 +111,18 @@ def _device_id(resource: Json) -> str | None:
     element = resource.get("device")
     if element is None:
         return None
-    reference = as_str((as_dict(element) or {}).get("reference"))
+    reference = element.get("reference") if isinstance(element, dict) else None
+    return _device_reference(reference) if isinstance(reference, str) else ""
+
+
+@lru_cache(maxsize=4096)
+def _device_reference(raw: str) -> str:
+    """`_device_id` of a `device.reference` string (a patient's readings name the same few devices)."""
+    reference = as_str(raw)
     if reference is None:
         return ""
     parts = split_reference(reference)
-    return parts[1] if parts is not None and parts[0] == "Device" else reference
+    return sys.intern(parts[1] if parts is not None and parts[0] == "Device" else reference)
 
 
 def _dedupe_key(resource: Json) -> str | None:

@@ -8,6 +8,7 @@ it (Bulk NDJSON comes type by type). `provisional_party` decides what the refere
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 
 from billing.model import Party, PartyKind
 from fhir_mapping.inbound_common import Json, as_dict, as_str, human_name, patient_of, split_reference
@@ -32,6 +33,13 @@ def provisional_party(element: object, patient_id: str, contained: Mapping[str, 
         return Party(PartyKind.UNKNOWN, "", display)
     if reference.startswith("#"):
         return _contained_party(reference, contained.get(reference[1:]), patient_id, display)
+    return _referenced_party(reference, display, patient_id)
+
+
+# The same few parties (the patient, the care team) take part in most of a patient's Communications: one
+# shared Party each (they are immutable), which saves memory and time. Bounded.
+@lru_cache(maxsize=4096)
+def _referenced_party(reference: str, display: str | None, patient_id: str) -> Party:
     parts = split_reference(reference)
     if parts is None:
         return Party(PartyKind.UNKNOWN, reference, display)

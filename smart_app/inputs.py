@@ -128,42 +128,29 @@ def _flatten(resource: dict, source: str, line: int) -> Iterator[dict | BadLine]
             yield BadLine(source, line, f"Bundle.entry[{index}] has no resource object")
 
 
-def _loads_with(fast: Callable[[str], Any] | None) -> Callable[[str], Any]:
-    """`json.loads`, through orjson when it is installed.
-
-    The json module stays the reference: a line orjson refuses is read again by it, so what is accepted
-    (NaN, huge integers, lone surrogates) and the words of every error are exactly the json module's.
-    """
-    if fast is None:
-        return json.loads
-
-    def loads(line: str) -> Any:
-        try:
-            return fast(line)
-        except ValueError:
-            return json.loads(line)
-
-    return loads
-
-
-_loads = _loads_with(_fast_loads)
-
-
 def _iter_ndjson(handle, name: str) -> Iterator[dict | BadLine]:  # type: ignore[no-untyped-def]
     seen_any = False
-    loads = _loads
+    # orjson parses several times faster when it is installed. The json module stays the reference: a line
+    # orjson refuses is read again by it, so what is accepted (NaN, huge integers, lone surrogates) and the
+    # words of every error are exactly the json module's.
+    fast = _fast_loads or json.loads
     for number, line in enumerate(handle, start=1):
-        if not line.strip():
+        if line.isspace() or not line:  # `not line.strip()`, without copying the line
             continue
         try:
-            value = loads(line)
+            try:
+                value = fast(line)
+            except ValueError:
+                value = json.loads(line)
         except json.JSONDecodeError as exc:
             if not seen_any and number == 1:
                 raise InputError(f"{name} is neither a JSON document nor NDJSON ({exc.msg})") from None
             yield BadLine(name, number, f"not valid JSON ({exc.msg})")
             continue
         seen_any = True
-        if isinstance(value, dict):
-            yield from _flatten(value, name, number)
-        else:
+        if not isinstance(value, dict):
             yield BadLine(name, number, "not a JSON object")
+        elif value.get("resourceType") != "Bundle":
+            yield value  # what _flatten does for a resource that is not a Bundle, without a generator
+        else:
+            yield from _flatten(value, name, number)
