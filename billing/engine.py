@@ -167,12 +167,14 @@ def _month_outcomes(
     activities: Sequence[Activity], all_episodes: Sequence[Episode], policy: Policy
 ) -> tuple[list[ActivityOutcome], int]:
     """Classify the month's activities and run the month clock over the ones whose time counts."""
-    chat_ids = chat_sessions(
-        [a for a in activities if a.program in (None, "rpm") and episode_at(all_episodes, a.start)], policy
-    )
+    # Attributed to RPM and inside consent: decided once per activity.
+    counted = [
+        a.program in (None, "rpm") and episode_at(all_episodes, a.start) is not None for a in activities
+    ]
+    chat_ids = chat_sessions([a for a, ok in zip(activities, counted, strict=True) if ok], policy)
     clock = MonthClock()
     outcomes: list[ActivityOutcome] = []
-    for activity in activities:
+    for activity, ok in zip(activities, counted, strict=True):
         if activity.program not in (None, "rpm"):
             outcomes.append(
                 _not_counted(
@@ -183,7 +185,7 @@ def _month_outcomes(
                 )
             )
             continue
-        if episode_at(all_episodes, activity.start) is None:
+        if not ok:  # outside every consent episode
             outcomes.append(
                 _not_counted(
                     activity,

@@ -49,9 +49,15 @@ def qualify_readings(
     qualifying: list[QualifyingReading] = []
     in_force = InstantSpans((e.start, e.end) for e in all_episodes)  # episode_at, for many readings
     for reading in readings:
-        reason = _skip_reason(reading, rpm_devices)
-        if reason is not None:
-            skipped.append(SkippedReading(reading, reason))
+        # _skip_reason, inlined: this runs for every reading of the month.
+        if reading.program is not None and reading.program != "rpm":
+            skipped.append(SkippedReading(reading, SKIP_OTHER_PROGRAM))
+            continue
+        if reading.device_id is None:
+            skipped.append(SkippedReading(reading, SKIP_PATIENT_REPORTED))
+            continue
+        if reading.device_id not in rpm_devices:
+            skipped.append(SkippedReading(reading, SKIP_NOT_RPM_DEVICE))
             continue
         moment = reading.time
         position = in_force.index(moment)

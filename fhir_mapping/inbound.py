@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timezone, tzinfo
 
 from billing.model import (
     Activity,
@@ -34,9 +34,15 @@ from billing.model import (
 from billing.periods import zone
 from fhir_mapping.canon import CANON, CARE_PROGRAM_CODES
 from fhir_mapping.inbound_common import Json, MapContext, Systems, as_list, as_str, human_name, patient_of
-from fhir_mapping.inbound_communication import CommunicationDraft, complete_communication, map_communication
+from fhir_mapping.inbound_communication import (
+    CommunicationDraft,
+    CommunicationTimes,
+    communication_activity,
+    communication_times,
+    map_communication,
+)
 from fhir_mapping.inbound_observation import ROW_ID, ROW_PROGRAM, ROW_TIME, ReadingRow, map_observation
-from fhir_mapping.inbound_parties import resolve_party
+from fhir_mapping.inbound_parties import PartyRow, party_of, party_row, resolve_party
 from fhir_mapping.inbound_records import (
     DeviceInfo,
     EncounterInfo,
@@ -65,7 +71,7 @@ _OWNER_FIELD = {
 _NAMED_TYPES = frozenset({"Practitioner", "Organization"})
 
 
-@dataclass
+@dataclass(slots=True)
 class _PatientAcc:
     """What has been read for one patient so far, keyed by resource id so a re-read copy replaces the old."""
 
@@ -74,7 +80,7 @@ class _PatientAcc:
     devices: dict[str, DeviceRecord] = field(default_factory=dict)
     readings: dict[str, ReadingRow] = field(default_factory=dict)  # compact until the records are built
     time_entries: dict[str, Activity] = field(default_factory=dict)
-    drafts: dict[str, CommunicationDraft] = field(default_factory=dict)
+    drafts: dict[str, tuple[object, ...]] = field(default_factory=dict)  # tuple(CommunicationDraft)
     charges: dict[str, ExistingCharge] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
 
@@ -202,7 +208,7 @@ class InboundCollector:
         acc = self._acc(patient_id)
         acc.flags.extend(notes)
         if draft is not None:
-            acc.drafts[self._key(ident)] = draft
+            acc.drafts[self._key(ident)] = tuple(draft)  # a plain tuple: see CommunicationDraft
             self._check_program(acc, f"Communication/{ident}", draft.program)
 
     def _charge_item(self, resource: Json, ident: str, patient_id: str | None, problem: str | None) -> None:
@@ -278,30 +284,35 @@ class InboundCollector:
 
     def _parts(self, patient_id: str, acc: _PatientAcc, skipped: list[SkippedResource]) -> _RecordParts:
         flags = list(acc.flags)
-        activities = [self._resolve(entry, patient_id) for entry in acc.time_entries.values()]
+        resolved: dict[PartyRow, PartyRow] = {}  # a patient's Communications name the same few parties
 
-        resolved: dict[int, Party] = {}  # by identity: the drafts share their provisional parties
-
-        def resolve(party: Party) -> Party:
-            found = resolved.get(id(party))
+        def resolve(party: PartyRow) -> PartyRow:
+            found = resolved.get(party)
             if found is None:
-                found = resolve_party(party, patient_id, self._related, self._devices, self._names)
-                resolved[id(party)] = found
+                found = resolved[party] = resolve_party(
+                    party, patient_id, self._related, self._devices, self._names
+                )
             return found
 
-        for draft in acc.drafts.values():
+        communications: list[_FinishedCommunication] = []
+        for row in acc.drafts.values():
+            draft = CommunicationDraft._make(row)
             try:
-                activities.append(complete_communication(draft, self._encounters, flags, resolve))
+                times = communication_times(draft, self._encounters, flags)
             except MappingError as err:
                 late = SkippedResource("Communication", draft.id, str(err), patient_id)
                 skipped.append(late)
                 flags.append(str(late))
+                continue
+            sender = resolve(draft.sender) if draft.sender is not None else None
+            communications.append((row, times, sender, tuple(resolve(p) for p in draft.recipients)))
         return _RecordParts(
             patient_id=patient_id,
             consents=tuple(sorted(acc.consents.values(), key=lambda c: (_order(c.start), c.id))),
             devices=tuple(sorted(acc.devices.values(), key=lambda d: d.id)),
             reading_rows=tuple(acc.readings.values()),
-            activities=tuple(sorted(activities, key=lambda a: (_order(a.start), a.resource_type, a.id))),
+            time_entries=tuple(self._resolve(entry, resolve) for entry in acc.time_entries.values()),
+            communications=tuple(communications),
             charges=tuple(
                 sorted(acc.charges.values(), key=lambda c: (c.code, _order(c.period_start), c.id or ""))
             ),
@@ -309,21 +320,16 @@ class InboundCollector:
             extra_flags=tuple(sorted(set(flags))),
         )
 
-    def _resolve(self, activity: Activity, patient_id: str) -> Activity:
-        """Resolve RelatedPerson and Device parties now that every resource has been read."""
+    @staticmethod
+    def _resolve(activity: Activity, resolve: Callable[[PartyRow], PartyRow]) -> Activity:
+        """A time entry with its RelatedPerson and Device parties resolved, now that everything is read."""
 
-        resolved: dict[int, Party] = {}  # by identity: the drafts share their provisional parties
+        def final(party: Party) -> Party:
+            return party_of(resolve(party_row(party)))
 
-        def resolve(party: Party) -> Party:
-            found = resolved.get(id(party))
-            if found is None:
-                found = resolve_party(party, patient_id, self._related, self._devices, self._names)
-                resolved[id(party)] = found
-            return found
-
-        sender = resolve(activity.sender) if activity.sender is not None else None
-        recipients = tuple(resolve(p) for p in activity.recipients)
-        performers = tuple(resolve(p) for p in activity.performers)
+        sender = final(activity.sender) if activity.sender is not None else None
+        recipients = tuple(final(p) for p in activity.recipients)
+        performers = tuple(final(p) for p in activity.performers)
         if (sender, recipients, performers) == (activity.sender, activity.recipients, activity.performers):
             return activity
         return replace(activity, sender=sender, recipients=recipients, performers=performers)
@@ -331,35 +337,73 @@ class InboundCollector:
 
 def _order(moment: datetime | None) -> tuple[bool, float]:
     """Sort key putting unknown times last."""
-    return (moment is None, moment.timestamp() if moment is not None else 0.0)
+    return (moment is None, _timestamp(moment) if moment is not None else 0.0)
+
+
+def _activity_order(activity: Activity) -> tuple[tuple[bool, float], str, str]:
+    return _order(activity.start), activity.resource_type, activity.id
 
 
 def _reading_order(row: ReadingRow) -> tuple[float, str]:
     """`(_order(time), id)` for a reading, whose time is never unknown."""
-    return row[ROW_TIME].timestamp(), row[ROW_ID]
+    return _timestamp(row[ROW_TIME]), row[ROW_ID]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_IN: dict[tzinfo | None, datetime] = {}
+
+
+def _timestamp(moment: datetime) -> float:
+    """`moment.timestamp()`, the same float, several times faster for the fixed offsets FHIR times carry.
+
+    For an aware datetime, timestamp() is `(moment - epoch).total_seconds()`; with the epoch expressed in the
+    moment's own fixed-offset tzinfo the subtraction needs no UTC offsets and gives the same timedelta.
+    """
+    zone = moment.tzinfo
+    epoch = _EPOCH_IN.get(zone)
+    if epoch is None:
+        if type(zone) is not timezone:
+            return moment.timestamp()
+        epoch = _EPOCH_IN[zone] = _EPOCH.astimezone(zone)
+    if epoch.tzinfo is not zone:  # an equal offset held by another object: the subtraction would convert
+        return moment.timestamp()
+    return (moment - epoch).total_seconds()
+
+
+# A Communication as finish() leaves it: tuple(CommunicationDraft), its times, its resolved sender and
+# recipients. Plain values only (see ReadingRow): the Activity is built with the patient's records.
+_FinishedCommunication = tuple[tuple[object, ...], CommunicationTimes, PartyRow | None, tuple[PartyRow, ...]]
 
 
 @dataclass(frozen=True, slots=True)
 class _RecordParts:
-    """One patient's records as `finish()` leaves them: everything but the readings is final."""
+    """One patient's records as `finish()` leaves them: final, but readings and Communications are still rows
+    (a month's worth of them for every patient at once would be most of the memory a run needs)."""
 
     patient_id: str
     consents: tuple[ConsentRecord, ...]
     devices: tuple[DeviceRecord, ...]
     reading_rows: tuple[ReadingRow, ...]  # in the order read; sorted when the records are built
-    activities: tuple[Activity, ...]
+    time_entries: tuple[Activity, ...]
+    communications: tuple[_FinishedCommunication, ...]
     charges: tuple[ExistingCharge, ...]
     display_name: str | None
     extra_flags: tuple[str, ...]
 
     def records(self) -> PatientRecords:
         rows = sorted(self.reading_rows, key=_reading_order)
+        activities = list(self.time_entries)
+        for draft, times, sender, recipients in self.communications:
+            activities.append(
+                communication_activity(CommunicationDraft._make(draft), times, sender, recipients)
+            )
+        activities.sort(key=_activity_order)
         return PatientRecords(
             patient_id=self.patient_id,
             consents=self.consents,
             devices=self.devices,
             readings=tuple(Reading(*row) for row in rows),
-            activities=self.activities,
+            activities=tuple(activities),
             charges=self.charges,
             display_name=self.display_name,
             extra_flags=self.extra_flags,

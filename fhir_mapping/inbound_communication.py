@@ -1,20 +1,21 @@
 """Communication → contact or attempt Activity.
 
 A Communication's duration may come from an Encounter, and its parties from RelatedPersons and Devices, that
-arrive later, so mapping is two-step: `map_communication` reads everything the resource itself holds into a
-`CommunicationDraft`; `complete_communication` adds the Encounter's times and resolves the parties once all
-resources are read, and builds the Activity (once: it is a large record).
+arrive later, so mapping is in steps: `map_communication` reads everything the resource itself holds into a
+`CommunicationDraft`; once all resources are read, `communication_times` adds the Encounter's times (or finds
+that the Communication has no time at all), the collector resolves the parties, and `communication_activity`
+builds the Activity (once: it is a large record, built only when the patient's records are).
 
 Interactive or not is the engine's decision; free text (payload, notes) is carried for the log only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from billing.model import Activity, ActivityKind, Party
+from billing.model import Activity, ActivityKind
 from fhir_mapping.canon import COMMUNICATION_CATEGORY_CS, PARTICIPATION_MODE_CS, RPM_CONTENT_CODES
 from fhir_mapping.fhirtime import parse_moment
 from fhir_mapping.inbound_common import (
@@ -32,7 +33,7 @@ from fhir_mapping.inbound_common import (
     reference_of,
     split_reference,
 )
-from fhir_mapping.inbound_parties import provisional_party
+from fhir_mapping.inbound_parties import PartyRow, party_of, provisional_party
 from fhir_mapping.inbound_records import EncounterInfo, map_encounter
 from fhir_mapping.issues import MappingError, quote
 
@@ -50,14 +51,15 @@ Moment = tuple[datetime, bool]
 
 class CommunicationDraft(NamedTuple):
     """A Communication read from the resource alone: what its Activity needs but the times that depend on its
-    Encounter and the final parties. (A named tuple: thousands are held until finish, and it is cheap.)"""
+    Encounter and the final parties. Plain values only: the collector keeps `tuple(draft)` until finish
+    (the garbage collector stops watching a plain tuple of plain values) and reads it with `_make`."""
 
     id: str
     status: str
     medium: tuple[str, ...]
     categories: tuple[str, ...]
-    sender: Party | None  # provisional (see inbound_parties)
-    recipients: tuple[Party, ...]
+    sender: PartyRow | None  # provisional (see inbound_parties)
+    recipients: tuple[PartyRow, ...]
     sent: Moment | None
     status_reason: str | None
     content: tuple[str, ...]
@@ -198,39 +200,49 @@ def _notes(resource: Json) -> tuple[str, ...]:
     return tuple(text for text in texts if text)
 
 
-def complete_communication(
-    draft: CommunicationDraft,
-    encounters: Mapping[str, EncounterInfo],
-    notes: list[str],
-    resolve: Callable[[Party], Party],
-) -> Activity:
-    """The finished Activity: start and duration from activity-period, else the Encounter, else `sent`;
-    parties passed through `resolve`.
+# start, end, duration in seconds, where the duration came from, some time read without an offset
+CommunicationTimes = tuple[datetime, datetime | None, int | None, str | None, bool]
+
+
+def communication_times(
+    draft: CommunicationDraft, encounters: Mapping[str, EncounterInfo], notes: list[str]
+) -> CommunicationTimes:
+    """Start and duration from activity-period, else the Encounter, else `sent`.
 
     Raises MappingError when nothing gives the Communication a time.
     """
     naive = [t[1] for t in (draft.period_start, draft.period_end, draft.sent) if t is not None]
+    if draft.period_start is not None and draft.period_end is not None:
+        first, last = draft.period_start[0], draft.period_end[0]
+        return first, last, _seconds(last - first), "activity-period", any(naive)
+    encounter = _find_encounter(draft, encounters, notes)
     sent = draft.sent[0] if draft.sent is not None else None
+    period_start = draft.period_start[0] if draft.period_start is not None else None
     start: datetime | None
     end: datetime | None = None
     seconds: int | None = None
     source: str | None = None
-    if draft.period_start is not None and draft.period_end is not None:
-        start, end = draft.period_start[0], draft.period_end[0]
-        seconds, source = _seconds(end - start), "activity-period"
+    if encounter is None:
+        start = period_start or sent
     else:
-        encounter = _find_encounter(draft, encounters, notes)
-        period_start = draft.period_start[0] if draft.period_start is not None else None
-        if encounter is None:
-            start = period_start or sent
-        else:
-            naive.append(encounter.naive)
-            start = period_start or encounter.start or sent
-            seconds = encounter.length_seconds
-            source = "encounter" if seconds is not None else None
-            end = start + timedelta(seconds=seconds) if start is not None and seconds is not None else None
-        if start is None:
-            raise MappingError("has no time (no activity-period start, Encounter period.start or sent)")
+        naive.append(encounter.naive)
+        start = period_start or encounter.start or sent
+        seconds = encounter.length_seconds
+        source = "encounter" if seconds is not None else None
+        end = start + timedelta(seconds=seconds) if start is not None and seconds is not None else None
+    if start is None:
+        raise MappingError("has no time (no activity-period start, Encounter period.start or sent)")
+    return start, end, seconds, source, any(naive)
+
+
+def communication_activity(
+    draft: CommunicationDraft,
+    times: CommunicationTimes,
+    sender: PartyRow | None,
+    recipients: tuple[PartyRow, ...],
+) -> Activity:
+    """The finished Activity, with its times and its resolved parties."""
+    start, end, seconds, source, naive = times
     return Activity(
         resource_type="Communication",
         id=draft.id,
@@ -242,14 +254,14 @@ def complete_communication(
         duration_source=source,
         medium=draft.medium,
         categories=draft.categories,
-        sender=resolve(draft.sender) if draft.sender is not None else None,
-        recipients=tuple(resolve(p) for p in draft.recipients),
-        sent=sent,
+        sender=party_of(sender) if sender is not None else None,
+        recipients=tuple(party_of(p) for p in recipients),
+        sent=draft.sent[0] if draft.sent is not None else None,
         status_reason=draft.status_reason,
         content=draft.content,
         encounter_ref=draft.encounter_ref,
         program=draft.program,
-        naive_time=any(naive),
+        naive_time=naive,
         notes=draft.notes,
     )
 

@@ -27,7 +27,7 @@ from fhir_mapping.inbound_common import (
     program_of,
     split_reference,
 )
-from fhir_mapping.inbound_parties import provisional_party
+from fhir_mapping.inbound_parties import party_of, provisional_party
 from fhir_mapping.issues import MappingError, quote
 
 # Statuses of a result that exists; registered/cancelled/entered-in-error/unknown are ignored quietly.
@@ -206,7 +206,7 @@ def _time_entry(resource: Json, status: str, patient_id: str, ctx: MapContext) -
         duration_source=source,
         activity_code=known[0],
         performers=tuple(
-            provisional_party(p, patient_id, contained) for p in dicts(resource.get("performer"))
+            party_of(provisional_party(p, patient_id, contained)) for p in dicts(resource.get("performer"))
         ),
         program=program_of(resource, ctx),
         naive_time=start.naive or (end is not None and end.naive),
