@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import overload
 
 from billing.model import ConsentRecord
 
@@ -65,29 +66,49 @@ class InstantSpans:
         self._by_zone: dict[object, tuple[tuple[datetime, datetime | None], ...]] = {}
 
     def index(self, moment: datetime) -> int | None:
-        zone = moment.tzinfo
-        spans = self._by_zone.get(zone)
-        if spans is None:
-            spans = self._by_zone[zone] = self._in_zone(zone)
-        for position, (start, end) in enumerate(spans):
-            if start <= moment and (end is None or moment < end):
-                return position
-        return None
+        return self.positions((moment,))[0]
 
     def __contains__(self, moment: datetime) -> bool:
-        return self.index(moment) is not None
+        return self.positions((moment,))[0] is not None
+
+    def positions(self, moments: Iterable[datetime]) -> list[int | None]:
+        """`index` of each moment (one call for many: this runs for every reading of a month)."""
+        found: list[int | None] = []
+        zone: object = _NO_ZONE
+        spans: tuple[tuple[datetime, datetime | None], ...] = ()
+        for moment in moments:
+            if moment.tzinfo is not zone:  # readings come in runs of the same offset
+                zone = moment.tzinfo
+                spans = self._in_zone(zone)
+            position = None
+            for index, (start, end) in enumerate(spans):
+                if start <= moment and (end is None or moment < end):
+                    position = index
+                    break
+            found.append(position)
+        return found
 
     def _in_zone(self, zone: object) -> tuple[tuple[datetime, datetime | None], ...]:
-        if type(zone) is not timezone:
-            return self._spans
-        return tuple(
-            (_into(start, zone), None if end is None else _into(end, zone)) for start, end in self._spans
-        )
+        spans = self._by_zone.get(zone)
+        if spans is None:
+            if type(zone) is not timezone:
+                spans = self._spans
+            else:
+                spans = tuple((_into(start, zone), _into(end, zone)) for start, end in self._spans)
+            self._by_zone[zone] = spans
+        return spans
 
 
-def _into(bound: datetime, zone: timezone) -> datetime:
+_NO_ZONE = object()
+
+
+@overload
+def _into(bound: datetime, zone: timezone) -> datetime: ...
+@overload
+def _into(bound: None, zone: timezone) -> None: ...
+def _into(bound: datetime | None, zone: timezone) -> datetime | None:
     """The same instant in `zone` (unchanged when it is already there or cannot be shown there)."""
-    if bound.tzinfo is zone:
+    if bound is None or bound.tzinfo is zone:
         return bound
     try:
         return bound.astimezone(zone)

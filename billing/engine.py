@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from billing import codes as rules
 from billing.classify import chat_sessions, classify, describe, involves_ai, parties
@@ -98,9 +99,9 @@ def evaluate_month(
     first_day, last_day = month.first_day, month.last_day
     data_days_in_month = len({q.day for q in qualifying if first_day <= q.day <= last_day})
     # Readings are looked at against the month and its windows several times: decide that once.
-    in_reach = _reach([month_period, *(w.period for w in month_windows)])
-    relevant_qualifying = [q for q in qualifying if in_reach(q.reading.time)]
-    relevant_skipped = [s for s in skipped if in_reach(s.reading.time)]
+    reach = InstantSpans((p.start, p.end) for p in [month_period, *(w.period for w in month_windows)])
+    relevant_qualifying = _within(reach, qualifying)
+    relevant_skipped = _within(reach, skipped)
 
     # Activities of the month (by their start), in time order
     month_activities = sorted(
@@ -158,9 +159,13 @@ def evaluate_month(
     )
 
 
-def _reach(periods: Sequence[Period]) -> Callable[[datetime], bool]:
-    """Whether a moment falls in any of `periods` (the month and the 30-day windows that end in it)."""
-    return InstantSpans((p.start, p.end) for p in periods).__contains__
+_Item = TypeVar("_Item", QualifyingReading, SkippedReading)
+
+
+def _within(spans: InstantSpans, items: Sequence[_Item]) -> list[_Item]:
+    """The readings that fall in one of `spans`, in order."""
+    found = spans.positions([item.reading.time for item in items])
+    return [item for item, position in zip(items, found, strict=True) if position is not None]
 
 
 def _month_outcomes(
@@ -543,8 +548,8 @@ def _covered(consent: ConsentRecord, moments: Sequence[datetime]) -> list[dateti
     """The moments `consent` is in force at, in order: `consent_covering([consent], t)` for each, inlined."""
     if consent.start is None or consent.revoked_without_end:
         return []
-    in_force = InstantSpans([(consent.start, consent.end)])
-    return [t for t in moments if t in in_force]
+    found = InstantSpans([(consent.start, consent.end)]).positions(moments)
+    return [t for t, position in zip(moments, found, strict=True) if position is not None]
 
 
 def _has_performer(activity: Activity) -> bool:

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from billing.consent import Episode, InstantSpans
 from billing.model import DeviceRecord, Reading
-from billing.periods import Period, window_days
+from billing.periods import WINDOW_DAYS, Period, window_days
 from billing.result import SupplyWindow
 
 # Why a reading does not count, in words a billing person understands.
@@ -47,8 +47,10 @@ def qualify_readings(
     skipped: list[SkippedReading] = []
     best_by_identifier: dict[str, QualifyingReading] = {}
     qualifying: list[QualifyingReading] = []
-    in_force = InstantSpans((e.start, e.end) for e in all_episodes)  # episode_at, for many readings
-    for reading in readings:
+    readings = readings if isinstance(readings, list | tuple) else list(readings)
+    # episode_at for every reading, at once
+    in_force = InstantSpans((e.start, e.end) for e in all_episodes).positions([r.time for r in readings])
+    for reading, position in zip(readings, in_force, strict=True):
         # _skip_reason, inlined: this runs for every reading of the month.
         if reading.program is not None and reading.program != "rpm":
             skipped.append(SkippedReading(reading, SKIP_OTHER_PROGRAM))
@@ -60,7 +62,6 @@ def qualify_readings(
             skipped.append(SkippedReading(reading, SKIP_NOT_RPM_DEVICE))
             continue
         moment = reading.time
-        position = in_force.index(moment)
         if position is None:
             skipped.append(SkippedReading(reading, SKIP_OUTSIDE_CONSENT))
             continue
@@ -116,13 +117,20 @@ def episode_windows(
         last_start = min(last_start, end_day)
     # Device types by their display where the EHR gave one (the flag is read by people), else the code.
     device_type = {d.id: d.type_display or d.type_code or "unknown type" for d in devices}
+    if anchor > last_start:
+        return []
+    # Each reading falls in at most one window: the one `(day - anchor) // 30` days on (none when earlier than
+    # the anchor or later than the last window). One pass, in the readings' order.
+    count = (last_start - anchor).days // WINDOW_DAYS + 1
+    window_days(anchor, count)  # the first window past the end, as the loop this replaces computed it
+    buckets: list[list[QualifyingReading]] = [[] for _ in range(count)]
+    for q in own:
+        index = (q.day - anchor).days // WINDOW_DAYS
+        if 0 <= index < count:
+            buckets[index].append(q)
     windows: list[SupplyWindow] = []
-    index = 0
-    while True:
+    for index, in_window in enumerate(buckets):
         first, last = window_days(anchor, index)
-        if first > last_start:
-            break
-        in_window = [q for q in own if first <= q.day <= last]
         period = Period.of_days(first, last, tz)
         windows.append(
             SupplyWindow(
@@ -139,7 +147,6 @@ def episode_windows(
                 reading_refs=tuple(f"Observation/{q.reading.id}" for q in in_window),
             )
         )
-        index += 1
     return windows
 
 
