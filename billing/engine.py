@@ -104,8 +104,10 @@ def evaluate_month(
     relevant_skipped = _within(reach, skipped)
 
     # Activities of the month (by their start), in time order
+    timed = [(a, a.start) for a in records.activities if a.start is not None]
+    in_month = InstantSpans([(month_period.start, month_period.end)]).positions([t for _, t in timed])
     month_activities = sorted(
-        (a for a in records.activities if a.start is not None and month_period.contains(a.start)),
+        (a for (a, _), position in zip(timed, in_month, strict=True) if position is not None),
         key=lambda a: (a.start, a.id),
     )
     outcomes, total_seconds = _month_outcomes(month_activities, all_episodes, policy)
