@@ -74,18 +74,19 @@ class InstantSpans:
     def positions(self, moments: Iterable[datetime]) -> list[int | None]:
         """`index` of each moment (one call for many: this runs for every reading of a month)."""
         found: list[int | None] = []
+        append = found.append
         zone: object = _NO_ZONE
         spans: tuple[tuple[datetime, datetime | None], ...] = ()
         for moment in moments:
             if moment.tzinfo is not zone:  # readings come in runs of the same offset
                 zone = moment.tzinfo
                 spans = self._in_zone(zone)
-            position = None
             for index, (start, end) in enumerate(spans):
                 if start <= moment and (end is None or moment < end):
-                    position = index
+                    append(index)
                     break
-            found.append(position)
+            else:
+                append(None)
         return found
 
     def _in_zone(self, zone: object) -> tuple[tuple[datetime, datetime | None], ...]:

@@ -21,6 +21,7 @@ import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timezone, tzinfo
+from itertools import starmap
 
 from billing.model import (
     Activity,
@@ -402,7 +403,7 @@ class _RecordParts:
             patient_id=self.patient_id,
             consents=self.consents,
             devices=self.devices,
-            readings=tuple(Reading(*row) for row in rows),
+            readings=tuple(starmap(Reading, rows)),  # Reading(*row) for each row
             activities=tuple(activities),
             charges=self.charges,
             display_name=self.display_name,

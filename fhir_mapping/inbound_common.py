@@ -100,7 +100,11 @@ def codes(concepts: object, system: str) -> list[str]:
     """Codes under `system` in a CodeableConcept or an array of them, in order, without repeats."""
     result: list[str] = []
     for concept in as_list(concepts):
-        for coding in codings(concept):
+        if not isinstance(concept, dict):
+            continue
+        for coding in as_list(concept.get("coding")):  # codings(concept), without a generator
+            if not isinstance(coding, dict):
+                continue
             code = as_str(coding.get("code"))
             if coding.get("system") == system and code is not None and code not in result:
                 result.append(code)
@@ -158,8 +162,8 @@ def _patient_id(reference: str) -> str | None:
 
 def find_extension(resource: Json, url: str) -> Json | None:
     """The first extension of `resource` with `url`."""
-    for extension in dicts(resource.get("extension")):
-        if extension.get("url") == url:
+    for extension in as_list(resource.get("extension")):
+        if isinstance(extension, dict) and extension.get("url") == url:
             return extension
     return None
 

@@ -195,9 +195,12 @@ def _content(resource: Json, ident: str, ctx: MapContext, notes: list[str]) -> t
 
 
 def _notes(resource: Json) -> tuple[str, ...]:
-    texts = [as_str(payload.get("contentString")) for payload in dicts(resource.get("payload"))]
-    texts += [as_str(note.get("text")) for note in dicts(resource.get("note"))]
-    return tuple(text for text in texts if text)
+    texts: list[str] = []
+    for field, key in (("payload", "contentString"), ("note", "text")):
+        for item in as_list(resource.get(field)):
+            if isinstance(item, dict) and (text := as_str(item.get(key))):
+                texts.append(text)
+    return tuple(texts)
 
 
 # start, end, duration in seconds, where the duration came from, some time read without an offset
