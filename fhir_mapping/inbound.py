@@ -21,7 +21,6 @@ import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timezone, tzinfo
-from itertools import starmap
 
 from billing.model import (
     Activity,
@@ -30,7 +29,6 @@ from billing.model import (
     ExistingCharge,
     Party,
     PatientRecords,
-    Reading,
 )
 from billing.periods import zone
 from fhir_mapping.canon import CANON, CARE_PROGRAM_CODES
@@ -42,7 +40,14 @@ from fhir_mapping.inbound_communication import (
     communication_times,
     map_communication,
 )
-from fhir_mapping.inbound_observation import ROW_ID, ROW_PROGRAM, ROW_TIME, ReadingRow, map_observation
+from fhir_mapping.inbound_observation import (
+    ROW_ID,
+    ROW_PROGRAM,
+    ROW_TIME,
+    ReadingRow,
+    map_observation,
+    readings_of,
+)
 from fhir_mapping.inbound_parties import PartyRow, party_of, party_row, resolve_party
 from fhir_mapping.inbound_records import (
     DeviceInfo,
@@ -403,7 +408,7 @@ class _RecordParts:
             patient_id=self.patient_id,
             consents=self.consents,
             devices=self.devices,
-            readings=tuple(starmap(Reading, rows)),  # Reading(*row) for each row
+            readings=readings_of(rows),
             activities=tuple(activities),
             charges=self.charges,
             display_name=self.display_name,

@@ -7,6 +7,7 @@ A vendor that sends an object where FHIR has an array gets it read as a one-elem
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -107,7 +108,7 @@ def codes(concepts: object, system: str) -> list[str]:
                 continue
             code = as_str(coding.get("code"))
             if coding.get("system") == system and code is not None and code not in result:
-                result.append(code)
+                result.append(sys.intern(code))  # codes repeat across thousands of resources: share them
     return result
 
 

@@ -11,6 +11,7 @@ Interactive or not is the engine's decision; free text (payload, notes) is carri
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -102,7 +103,7 @@ def map_communication(
     program = program_of(resource, ctx) if "extension" in resource else None
     return CommunicationDraft(
         id=ident,
-        status=status,
+        status=sys.intern(status),  # a handful of statuses, thousands of Communications
         medium=medium,
         categories=categories,
         sender=sender_party,
@@ -168,7 +169,7 @@ def _medium(resource: Json) -> tuple[str, ...]:
         for coding in codings(concept):
             code = as_str(coding.get("code"))
             if code and coding.get("system") in PARTICIPATION_MODE_SYSTEMS and code not in found:
-                found.append(code)
+                found.append(sys.intern(code))
     return tuple(found)
 
 
@@ -177,7 +178,7 @@ def _status_reason(concept: object) -> str | None:
     for coding in codings(concept):
         code = as_str(coding.get("code"))
         if code:
-            return code
+            return sys.intern(code)
     found = as_dict(concept)
     return as_str(found.get("text")) if found else None
 

@@ -7,6 +7,7 @@ decision; this module carries `device_id`, `program` and the dedupe `identifier`
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import fields
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -33,14 +34,15 @@ from fhir_mapping.issues import MappingError, quote
 # Statuses of a result that exists; registered/cancelled/entered-in-error/unknown are ignored quietly.
 OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
 
-# A device reading as a row of plain values, `Reading`'s fields in its order: `Reading(*row)` builds it.
-# Readings are the bulk of a month's data. A tuple of plain values is smaller than the dataclass and is
-# dropped from the garbage collector's watch, so the month's readings cost no collector time while the
-# rest is read; the collector builds the `Reading`s one patient at a time.
-ReadingRow = tuple[str, datetime, str | None, str | None, str | None, bool, str | None]
+# A device reading as a row of plain values: `Reading`'s fields in its order, but the identifier kept as its
+# system (shared between readings) and its value; `readings_of` builds the `Reading`s. Readings are the bulk
+# of a month's data. A tuple of plain values is smaller than the dataclass and is dropped from the garbage
+# collector's watch, so the month's readings cost no collector time while the rest is read; the collector
+# builds the `Reading`s one patient at a time.
+ReadingRow = tuple[str, datetime, str | None, str | None, str | None, str | None, bool, str | None]
 ROW_ID: Final = 0
 ROW_TIME: Final = 1
-ROW_PROGRAM: Final = 4
+ROW_PROGRAM: Final = 5
 if tuple(f.name for f in fields(Reading)) != (
     "id",
     "time",
@@ -51,6 +53,18 @@ if tuple(f.name for f in fields(Reading)) != (
     "code_display",
 ):  # pragma: no cover - guards the row layout against a change of the domain record
     raise ImportError("billing.model.Reading changed: update ReadingRow in fhir_mapping.inbound_observation")
+
+
+def readings_of(rows: Iterable[ReadingRow]) -> tuple[Reading, ...]:
+    """The Readings of rows, in the rows' order."""
+    return tuple(
+        [
+            Reading(
+                ident, time, device, None if system is None else f"{system}|{value}", program, naive, shown
+            )
+            for ident, time, device, system, value, program, naive, shown in rows
+        ]
+    )
 
 
 def is_time_entry(resource: Json, ctx: MapContext) -> bool:
@@ -91,11 +105,13 @@ def _reading(resource: Json, ctx: MapContext) -> ReadingRow:
         moment, naive = start.moment, start.naive
     device_id = _device_id(resource)
     display = _code_display(resource)
+    system, value = _dedupe_key(resource) if "identifier" in resource else (None, None)
     return (
         as_str(resource.get("id")) or "",
         moment,
         device_id,
-        _dedupe_key(resource) if "identifier" in resource else None,
+        system,
+        value,
         program_of(resource, ctx) if "extension" in resource else None,
         naive,
         sys.intern(display) if display else None,
@@ -125,8 +141,8 @@ def _device_reference(raw: str) -> str:
     return sys.intern(parts[1] if parts is not None and parts[0] == "Device" else reference)
 
 
-def _dedupe_key(resource: Json) -> str | None:
-    """The first identifier with both system and value, as "system|value"."""
+def _dedupe_key(resource: Json) -> tuple[str, str] | tuple[None, None]:
+    """The first identifier with both system and value: the reading's dedupe key is "system|value"."""
     for identifier in as_list(resource.get("identifier")):
         if not isinstance(identifier, dict):
             continue
@@ -134,8 +150,8 @@ def _dedupe_key(resource: Json) -> str | None:
         if isinstance(system, str) and isinstance(value, str):
             system, value = system.strip(), value.strip()
             if system and value:
-                return f"{system}|{value}"
-    return None
+                return sys.intern(system), value
+    return None, None
 
 
 def _code_display(resource: Json) -> str | None:
