@@ -492,11 +492,12 @@ def _flags(
         if consent.recorded is None or consent.revoked_without_end:
             continue
         covered = _covered(consent, counted_times)
-        if covered and min(covered) < consent.recorded:
+        first = min(covered) if covered else None
+        if first is not None and first < consent.recorded:
             found.flag(
                 "consent-after-first-use",
                 f"Consent/{consent.id} dateTime {consent.recorded.isoformat()} is later than the first "
-                f"counted activity or reading ({min(covered).isoformat()})",
+                f"counted activity or reading ({first.isoformat()})",
             )
     for reason, count in skipped_counts(relevant_skipped):
         found.flag("readings-skipped", f"{count} reading(s) skipped: {reason}")

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from operator import attrgetter
 from zoneinfo import ZoneInfo
 
 from billing.consent import Episode, InstantSpans
@@ -74,12 +75,11 @@ def qualify_readings(
         if kept is None or moment < kept.reading.time:
             best_by_identifier[identifier] = item
     qualifying.extend(best_by_identifier.values())
-    qualifying.sort(key=_time_then_id)
+    qualifying.sort(key=_TIME_THEN_ID)
     return qualifying, skipped
 
 
-def _time_then_id(item: QualifyingReading) -> tuple[datetime, str]:
-    return item.reading.time, item.reading.id
+_TIME_THEN_ID = attrgetter("reading.time", "reading.id")  # (time, id) of a QualifyingReading
 
 
 def _skip_reason(reading: Reading, rpm_devices: set[str]) -> str | None:

@@ -352,7 +352,11 @@ def _activity_order(activity: Activity) -> tuple[tuple[bool, float], str, str]:
 
 def _reading_order(row: ReadingRow) -> tuple[float, str]:
     """`(_order(time), id)` for a reading, whose time is never unknown."""
-    return _timestamp(row[ROW_TIME]), row[ROW_ID]
+    moment = row[ROW_TIME]
+    epoch = _EPOCH_IN.get(moment.tzinfo)
+    if epoch is not None and epoch.tzinfo is moment.tzinfo:  # _timestamp's common case, inlined
+        return (moment - epoch).total_seconds(), row[ROW_ID]
+    return _timestamp(moment), row[ROW_ID]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
