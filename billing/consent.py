@@ -52,27 +52,22 @@ def episodes(consents: Iterable[ConsentRecord]) -> tuple[Episode, ...]:
 class InstantSpans:
     """A few half-open spans of time `[start, end)` (`end` None: open) asked about many moments.
 
-    `index(moment)` is exactly the first span with `start <= moment and (end is None or moment < end)`, only
-    faster. Python compares aware datetimes with different tzinfo objects by asking both for their UTC
-    offset, which is slow; moments read from FHIR carry a fixed-offset `timezone` (one shared object per
-    offset) or the practice zone. So for each fixed offset met, the bounds are converted into it once: with
-    the same tzinfo on both sides Python compares the fields, which for a fixed offset is the order of the
-    instants. A bound that already has the moment's tzinfo is used as it is (Python compares it that way
-    anyway), and so is everything for any other kind of tzinfo.
+    `positions(moments)` gives for each moment the first span with `start <= moment and (end is None or
+    moment < end)`, or None: exactly that test, only faster. Python compares aware datetimes with different
+    tzinfo objects by asking both for their UTC offset, which is slow; moments read from FHIR carry a
+    fixed-offset `timezone` (one shared object per offset) or the practice zone. So for each fixed offset
+    met, the bounds are converted into it once: with the same tzinfo on both sides Python compares the
+    fields, which for a fixed offset is the order of the instants. A bound that already has the moment's
+    tzinfo is used as it is (Python compares it that way anyway), and so is everything for any other kind
+    of tzinfo.
     """
 
     def __init__(self, spans: Iterable[tuple[datetime, datetime | None]]) -> None:
         self._spans = tuple(spans)
         self._by_zone: dict[object, tuple[tuple[datetime, datetime | None], ...]] = {}
 
-    def index(self, moment: datetime) -> int | None:
-        return self.positions((moment,))[0]
-
-    def __contains__(self, moment: datetime) -> bool:
-        return self.positions((moment,))[0] is not None
-
     def positions(self, moments: Iterable[datetime]) -> list[int | None]:
-        """`index` of each moment (one call for many: this runs for every reading of a month)."""
+        """The span of each moment (one call for many: this runs for every reading of a month)."""
         found: list[int | None] = []
         append = found.append
         zone: object = _NO_ZONE

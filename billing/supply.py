@@ -52,7 +52,7 @@ def qualify_readings(
     # episode_at for every reading, at once
     in_force = InstantSpans((e.start, e.end) for e in all_episodes).positions([r.time for r in readings])
     for reading, position in zip(readings, in_force, strict=True):
-        # _skip_reason, inlined: this runs for every reading of the month.
+        # Why a reading does not count, in this order (this runs for every reading of the month).
         if reading.program is not None and reading.program != "rpm":
             skipped.append(SkippedReading(reading, SKIP_OTHER_PROGRAM))
             continue
@@ -80,16 +80,6 @@ def qualify_readings(
 
 
 _TIME_THEN_ID = attrgetter("reading.time", "reading.id")  # (time, id) of a QualifyingReading
-
-
-def _skip_reason(reading: Reading, rpm_devices: set[str]) -> str | None:
-    if reading.program not in (None, "rpm"):
-        return SKIP_OTHER_PROGRAM
-    if reading.device_id is None:
-        return SKIP_PATIENT_REPORTED
-    if reading.device_id not in rpm_devices:
-        return SKIP_NOT_RPM_DEVICE
-    return None
 
 
 def episode_windows(
