@@ -91,12 +91,12 @@ def evaluate_month(
 
     # Device data
     qualifying, skipped = qualify_readings(records.readings, records.devices, all_episodes, tz)
+    first_day, last_day = month.first_day, month.last_day
     windows: list[SupplyWindow] = []
     for episode in all_episodes:
-        windows.extend(episode_windows(episode, qualifying, records.devices, tz, month.last_day, as_of))
+        windows.extend(episode_windows(episode, qualifying, records.devices, tz, last_day, as_of))
     month_windows = [w for w in windows if w.belongs_to == month]
-    shown_windows = [w for w in windows if w.first_day <= month.last_day and w.last_day >= month.first_day]
-    first_day, last_day = month.first_day, month.last_day
+    shown_windows = [w for w in windows if w.first_day <= last_day and w.last_day >= first_day]
     data_days_in_month = len({q.day for q in qualifying if first_day <= q.day <= last_day})
     # Readings are looked at against the month and its windows several times: decide that once.
     reach = InstantSpans((p.start, p.end) for p in [month_period, *(w.period for w in month_windows)])
