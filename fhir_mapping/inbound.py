@@ -27,7 +27,6 @@ from billing.model import (
     ConsentRecord,
     DeviceRecord,
     ExistingCharge,
-    Party,
     PatientRecords,
 )
 from billing.periods import zone
@@ -317,7 +316,7 @@ class InboundCollector:
             consents=tuple(sorted(acc.consents.values(), key=lambda c: (_order(c.start), c.id))),
             devices=tuple(sorted(acc.devices.values(), key=lambda d: d.id)),
             reading_rows=tuple(acc.readings.values()),
-            time_entries=tuple(self._resolve(entry, resolve) for entry in acc.time_entries.values()),
+            time_entries=tuple(_time_entry_parties(entry, resolve) for entry in acc.time_entries.values()),
             communications=tuple(communications),
             charges=tuple(
                 sorted(acc.charges.values(), key=lambda c: (c.code, _order(c.period_start), c.id or ""))
@@ -326,24 +325,32 @@ class InboundCollector:
             extra_flags=tuple(sorted(set(flags))),
         )
 
-    @staticmethod
-    def _resolve(activity: Activity, resolve: Callable[[PartyRow], PartyRow]) -> Activity:
-        """A time entry with its RelatedPerson and Device parties resolved, now that everything is read."""
-
-        def final(party: Party) -> Party:
-            return party_of(resolve(party_row(party)))
-
-        sender = final(activity.sender) if activity.sender is not None else None
-        recipients = tuple(final(p) for p in activity.recipients)
-        performers = tuple(final(p) for p in activity.performers)
-        if (sender, recipients, performers) == (activity.sender, activity.recipients, activity.performers):
-            return activity
-        return replace(activity, sender=sender, recipients=recipients, performers=performers)
-
 
 def _order(moment: datetime | None) -> tuple[bool, float]:
     """Sort key putting unknown times last."""
     return (moment is None, _timestamp(moment) if moment is not None else 0.0)
+
+
+# A time entry as finish() leaves it: the Activity and its sender, recipients and performers resolved.
+_FinishedTimeEntry = tuple[Activity, PartyRow | None, tuple[PartyRow, ...], tuple[PartyRow, ...]]
+
+
+def _time_entry_parties(activity: Activity, resolve: Callable[[PartyRow], PartyRow]) -> _FinishedTimeEntry:
+    """Resolve a time entry's RelatedPerson and Device parties now that everything has been read."""
+    sender = resolve(party_row(activity.sender)) if activity.sender is not None else None
+    recipients = tuple(resolve(party_row(p)) for p in activity.recipients)
+    return activity, sender, recipients, tuple(resolve(party_row(p)) for p in activity.performers)
+
+
+def _time_entry(finished: _FinishedTimeEntry) -> Activity:
+    """The time entry with its resolved parties (the same Activity when none changed)."""
+    activity, sender_row, recipient_rows, performer_rows = finished
+    sender = party_of(sender_row) if sender_row is not None else None
+    recipients = tuple(party_of(p) for p in recipient_rows)
+    performers = tuple(party_of(p) for p in performer_rows)
+    if (sender, recipients, performers) == (activity.sender, activity.recipients, activity.performers):
+        return activity
+    return replace(activity, sender=sender, recipients=recipients, performers=performers)
 
 
 def _activity_order(activity: Activity) -> tuple[tuple[bool, float], str, str]:
@@ -394,7 +401,7 @@ class _RecordParts:
     consents: tuple[ConsentRecord, ...]
     devices: tuple[DeviceRecord, ...]
     reading_rows: tuple[ReadingRow, ...]  # in the order read; sorted when the records are built
-    time_entries: tuple[Activity, ...]
+    time_entries: tuple[_FinishedTimeEntry, ...]
     communications: tuple[_FinishedCommunication, ...]
     charges: tuple[ExistingCharge, ...]
     display_name: str | None
@@ -402,7 +409,7 @@ class _RecordParts:
 
     def records(self) -> PatientRecords:
         rows = sorted(self.reading_rows, key=_reading_order)
-        activities = list(self.time_entries)
+        activities = [_time_entry(entry) for entry in self.time_entries]
         for draft, times, sender, recipients in self.communications:
             activities.append(
                 communication_activity(CommunicationDraft._make(draft), times, sender, recipients)
