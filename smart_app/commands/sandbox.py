@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import signal
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
+from smart_app.commands.serving import quiet_request_log, stop_on_sigterm
 from smart_app.errors import ExitCode
 from smart_app.sandbox.app import RunningSandbox, SandboxConfig, start_sandbox
 from smart_app.sandbox.auth_server import EHR_PATH, LIST_LIMIT
@@ -159,25 +157,14 @@ def describe(running: RunningSandbox, backend_file: Path | None) -> str:
     return "\n".join(lines)
 
 
-def _stop_on_sigterm() -> None:
-    if threading.current_thread() is threading.main_thread():
-
-        def handler(signum: int, frame: object) -> None:
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, handler)
-
-
 def run(args: argparse.Namespace, out: TextIO | None = None) -> ExitCode:
     out = out or sys.stdout
-    if not getattr(args, "verbose", False):
-        # werkzeug logs every request line, query strings included; keep that for --verbose.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    quiet_request_log(getattr(args, "verbose", False))
     running = start_sandbox(config_from_args(args))
     try:
         backend_file = write_backend_client_file(running)
         print(describe(running, backend_file), file=out, flush=True)
-        _stop_on_sigterm()
+        stop_on_sigterm()
         while running.is_serving():
             running.wait(0.5)
     except KeyboardInterrupt:

@@ -10,13 +10,11 @@ front and set `base_url` to the public https URL (cookies then become Secure and
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any, TextIO
 
+from smart_app.commands.serving import quiet_request_log, stop_on_sigterm
 from smart_app.errors import ExitCode
 from smart_app.web.app import start_web_app
 from smart_app.web.config import WebConfig, load_config
@@ -51,21 +49,6 @@ def describe(config: WebConfig, origin: str) -> str:
         lines.append(f"  {issuer.name}: {issuer.iss} (client {issuer.client_id}, {issuer.client_kind})")
     lines.append("Press Ctrl-C to stop.")
     return "\n".join(lines)
-
-
-def quiet_request_log(verbose: bool) -> None:
-    """werkzeug logs every request line with its query string (codes, states); keep that for --verbose."""
-    if not verbose:
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-
-
-def stop_on_sigterm() -> None:
-    if threading.current_thread() is threading.main_thread():
-
-        def handler(signum: int, frame: object) -> None:
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, handler)
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> ExitCode:

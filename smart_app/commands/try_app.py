@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
-from smart_app.commands.serve import quiet_request_log, stop_on_sigterm
+from smart_app.commands.serving import quiet_request_log, stop_on_sigterm
 from smart_app.errors import ExitCode
 from smart_app.sandbox.app import RunningSandbox, SandboxConfig, start_sandbox
 from smart_app.sandbox.auth_server import EHR_PATH
