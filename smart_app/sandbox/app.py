@@ -17,7 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Flask, redirect
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer
 
 from smart_app.errors import RpmBillingError, UsageError
 from smart_app.sandbox.auth_server import (
@@ -30,6 +30,7 @@ from smart_app.sandbox.auth_server import (
     create_auth_blueprint,
 )
 from smart_app.sandbox.clients import DEFAULT_APP_LAUNCH_URL, load_clients
+from smart_app.sandbox.http_server import KeepAliveWSGIServer
 from smart_app.sandbox.keys import BackendKeys, load_or_create_backend_keys, load_or_create_signing_key
 from smart_app.sandbox.tokens import TokenStore
 
@@ -283,7 +284,7 @@ def start_sandbox(config: SandboxConfig) -> RunningSandbox:
     """Create the app and serve it on `config.host:config.port` (0: a free port) in a daemon thread."""
     app = create_app(config)
     try:
-        server = make_server(config.host, config.port, app, threaded=True)
+        server = KeepAliveWSGIServer(config.host, config.port, app)
     except OSError as exc:
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
     origin = config.base_url or f"http://{config.host}:{server.server_port}"
