@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from operator import attrgetter
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from billing.consent import Episode, InstantSpans
@@ -21,15 +21,15 @@ SKIP_OTHER_PROGRAM = "attributed to another care program"
 SKIP_OUTSIDE_CONSENT = "outside RPM consent"
 
 
-@dataclass(frozen=True, slots=True)
-class QualifyingReading:
+# One of each per reading of the month, internal to the engine: named tuples, because building a frozen
+# dataclass costs a guarded `object.__setattr__` per field, several times the cost of a tuple.
+class QualifyingReading(NamedTuple):
     reading: Reading
     episode: Episode
     day: date  # local date in the practice zone
 
 
-@dataclass(frozen=True, slots=True)
-class SkippedReading:
+class SkippedReading(NamedTuple):
     reading: Reading
     reason: str
 
