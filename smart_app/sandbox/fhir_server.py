@@ -22,6 +22,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
+from smart_app.sandbox import jsonio
 from smart_app.sandbox.fhir_access import Principal
 from smart_app.sandbox.fhir_capability import capability_statement
 from smart_app.sandbox.fhir_errors import FhirError, operation_outcome
@@ -145,7 +146,7 @@ def _body() -> Any:
             415, "not-supported", f"Content-Type {request.mimetype} is not supported (send FHIR JSON)"
         )
     try:
-        return json.loads(raw)
+        return jsonio.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FhirError(400, "invalid", f"the body is not valid JSON: {exc}") from None
 
@@ -179,6 +180,8 @@ def _error(exc: FhirError) -> Response:
 def _json(status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None) -> Response:
     if body is None:
         return Response(status=status, headers=headers, content_type=FHIR_JSON)
-    indent = 2 if request.args.get("_pretty") == "true" else None
-    text = json.dumps(body, ensure_ascii=False, indent=indent, separators=None if indent else (",", ":"))
-    return Response(text, status=status, headers=headers, content_type=FHIR_JSON)
+    if request.args.get("_pretty") == "true":
+        data: str | bytes = json.dumps(body, ensure_ascii=False, indent=2)
+    else:
+        data = jsonio.dumps(body)
+    return Response(data, status=status, headers=headers, content_type=FHIR_JSON)

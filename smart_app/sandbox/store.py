@@ -11,7 +11,6 @@ Tables: `resources` (current version of each resource, `seq` gives a stable inse
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import sqlite3
 import threading
@@ -24,6 +23,7 @@ from datetime import tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from smart_app.sandbox import jsonio
 from smart_app.sandbox import search as fsearch
 from smart_app.sandbox.fhir_errors import FhirError, bad_request
 
@@ -214,7 +214,7 @@ class FhirStore:
                 f"SELECT r.body FROM resources r WHERE {where} {order} LIMIT ? OFFSET ?",
                 [*args, *order_args, query.count, query.offset],
             ).fetchall()
-            matches = [json.loads(row[0]) for row in rows]
+            matches = [jsonio.loads(row[0]) for row in rows]
             included = self._includes(query, matches, patient)
         return SearchPage(total, matches, included, query)
 
@@ -329,7 +329,7 @@ class FhirStore:
             "versionId": str(version),
             "lastUpdated": fsearch.instant_text(now),
         }
-        body = json.dumps(stored, separators=(",", ":"), ensure_ascii=False)
+        body = jsonio.dumps_text(stored)
         if previous is None:
             self._conn.execute(
                 "INSERT INTO resources (rtype, rid, version, last_updated, deleted, body) "
@@ -379,5 +379,5 @@ def _version(type_: str, id_: str, row: tuple[Any, ...]) -> Version:
         int(version),
         fsearch.instant_text(last_updated),
         bool(deleted),
-        json.loads(body) if body else None,
+        jsonio.loads(body) if body else None,
     )
