@@ -404,3 +404,40 @@ def test_concurrent_writers_do_not_lose_writes() -> None:
     assert errors == []
     assert store.count("Observation") == 8 * 30
     assert all(store.search("Observation", [("patient", f"w{n}")]).total == 30 for n in range(8))
+
+
+@pytest.mark.parametrize(
+    ("params", "ids", "total"),
+    [
+        ([("_count", "2")], ["o0", "o1"], 5),  # a full page: counted
+        ([("_count", "2"), ("_offset", "4")], ["o4"], 5),  # the last page: what it holds tells the total
+        ([("_count", "5")], ["o0", "o1", "o2", "o3", "o4"], 5),  # exactly full: counted
+        ([("_count", "10")], ["o0", "o1", "o2", "o3", "o4"], 5),
+        ([("_count", "2"), ("_offset", "5")], [], 5),  # past the end: counted
+        ([("_count", "2"), ("_offset", "9")], [], 5),
+        ([("_count", "0")], [], 5),
+        ([("_summary", "count")], [], 5),
+        ([("patient", "nobody")], [], 0),
+        ([("patient", "nobody"), ("_offset", "3")], [], 0),
+        ([("_id", "o3,o1,missing")], ["o1", "o3"], 2),
+        ([("_sort", "-date"), ("_count", "3"), ("_offset", "3")], ["o1", "o0"], 5),
+    ],
+)
+def test_search_totals_on_every_page(params: list[tuple[str, str]], ids: list[str], total: int) -> None:
+    store = FhirStore()
+    store.load([obs(f"o{i}", effectiveDateTime=f"2025-01-0{i + 1}") for i in range(5)])
+    page = store.search("Observation", params)
+    assert ([r["id"] for r in page.matches], page.total) == (ids, total)
+
+
+def test_creating_an_id_that_exists_or_existed_is_a_conflict() -> None:
+    store = FhirStore()
+    store.load([obs("o1"), obs("o2")])
+    store.delete("Observation", "o2")
+    for id_ in ("o1", "o2"):
+        with pytest.raises(FhirError) as caught:
+            store.create(obs(), id_=id_)
+        assert (caught.value.status, caught.value.code) == (409, "duplicate")
+        assert f"Observation/{id_} already exists" in caught.value.message
+    assert store.count("Observation") == 1 and len(store.history("Observation", "o2")) == 2  # nothing stored
+    assert store.create(obs(), id_="o3")["id"] == "o3"

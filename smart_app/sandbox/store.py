@@ -205,18 +205,24 @@ class FhirStore:
     def run_query(self, query: fsearch.SearchQuery, *, patient: str | None = None) -> SearchPage:
         where, args = fsearch.where_clause(query, patient)
         order, order_args = fsearch.order_clause(query)
+        count_sql = f"SELECT COUNT(*) FROM resources r WHERE {where}"
         with self._lock:
-            count_sql = f"SELECT COUNT(*) FROM resources r WHERE {where}"
-            total = int(self._conn.execute(count_sql, args).fetchone()[0])
             if query.summary_count or query.count == 0:
+                total = int(self._conn.execute(count_sql, args).fetchone()[0])
                 return SearchPage(total, [], [], query)
             rows = self._conn.execute(
                 f"SELECT r.body FROM resources r WHERE {where} {order} LIMIT ? OFFSET ?",
                 [*args, *order_args, query.count, query.offset],
             ).fetchall()
-            matches = [jsonio.loads(row[0]) for row in rows]
-            included = self._includes(query, matches, patient)
-        return SearchPage(total, matches, included, query)
+            if 0 < len(rows) < query.count or (not rows and query.offset == 0):
+                total = query.offset + len(rows)  # the last page: no need to count
+            else:
+                total = int(self._conn.execute(count_sql, args).fetchone()[0])
+            if query.include:  # the included resources are read in the same state as the matches
+                matches = [jsonio.loads(row[0]) for row in rows]
+                return SearchPage(total, matches, self._includes(query, matches, patient), query)
+        # Parsed without the lock: other requests need not wait for it.
+        return SearchPage(total, [jsonio.loads(row[0]) for row in rows], [], query)
 
     def list_resources(self, type_: str, limit: int) -> list[dict[str, Any]]:
         """The first `limit` live resources of a type, in the order they were first stored."""
@@ -250,9 +256,10 @@ class FhirStore:
         type_ = _type_of(resource)
         new_id = id_ or str(uuid.uuid4())
         with self.transaction():
-            if self.lookup(type_, new_id) is not None:
-                raise FhirError(409, "duplicate", f"{type_}/{new_id} already exists")
-            return self._put(type_, new_id, resource, previous=None)
+            try:
+                return self._put(type_, new_id, resource, previous=None)
+            except sqlite3.IntegrityError:  # UNIQUE (rtype, rid): a resource had this id, deleted or not
+                raise FhirError(409, "duplicate", f"{type_}/{new_id} already exists") from None
 
     def update(self, resource: dict[str, Any], if_match: str | None = None) -> tuple[dict[str, Any], bool]:
         """Store a new version of `resource` (by its id); create it if absent or deleted.
