@@ -357,6 +357,81 @@ def test_transaction_with_a_dangling_urn_uuid_stores_nothing(fhir: LiveFhir) -> 
     assert fhir.get("Patient", params={"identifier": f"urn:m|{marker}"}).json()["total"] == 0
 
 
+def marked_patient(marker: str, **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Patient", "identifier": [{"system": "urn:m", "value": marker}], **extra}
+
+
+def post_entry(resource: dict[str, Any], if_none_exist: str | None = None) -> dict[str, Any]:
+    request = {"method": "POST", "url": resource["resourceType"]}
+    if if_none_exist:
+        request["ifNoneExist"] = if_none_exist
+    return {"resource": resource, "request": request}
+
+
+def test_transaction_names_its_invalid_entry_and_stores_nothing(fhir: LiveFhir) -> None:
+    marker = uid()
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            post_entry(marked_patient(marker)),
+            post_entry(marked_patient(marker, birthDate="the fifth of May")),
+        ],
+    }
+    body = assert_outcome(
+        fhir.post("", bundle), 400, "transaction failed at entry 1 (POST Patient): invalid Patient"
+    )
+    assert body["issue"][0]["code"] == "structure" and "Patient.birthDate" in body["issue"][0]["diagnostics"]
+    assert fhir.get("Patient", params={"identifier": f"urn:m|{marker}"}).json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("other", "status", "mentions"),
+    [
+        # DELETEs run before POSTs: the DELETE's 404 is the answer
+        (
+            {"request": {"method": "DELETE", "url": "Patient/never-was"}},
+            404,
+            "entry 0 (DELETE Patient/never-was)",
+        ),
+        # PUTs run after POSTs: the invalid POST is the answer
+        (
+            {
+                "request": {"method": "PUT", "url": "Patient/x"},
+                "resource": {"resourceType": "Patient", "id": "y"},
+            },
+            400,
+            "entry 1 (POST Patient): invalid Patient",
+        ),
+    ],
+)
+def test_transaction_errors_come_in_processing_order(
+    fhir: LiveFhir, other: dict[str, Any], status: int, mentions: str
+) -> None:
+    """Entries are validated before the transaction takes the store, yet an invalid one is reported only where
+    FHIR's processing order (DELETE, POST, PUT, GET) reaches it."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [other, post_entry(marked_patient(uid(), birthDate="soon"))],
+    }
+    assert_outcome(fhir.post("", bundle), status, mentions)
+
+
+def test_a_conditional_create_that_matches_returns_the_match_unvalidated(fhir: LiveFhir) -> None:
+    marker = uid()
+    existing = fhir.post("Patient", marked_patient(marker)).json()
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [post_entry(marked_patient(marker, birthDate="soon"), f"identifier=urn:m|{marker}")],
+    }
+    response = fhir.post("", bundle)
+    assert response.status_code == 200, response.text
+    entry = response.json()["entry"][0]
+    assert entry["response"]["status"] == "200 OK" and entry["resource"]["id"] == existing["id"]
+
+
 def test_transaction_runs_deletes_first_and_reads_last(fhir: LiveFhir) -> None:
     old = patient(fhir)
     marker = uid()

@@ -441,3 +441,23 @@ def test_creating_an_id_that_exists_or_existed_is_a_conflict() -> None:
         assert f"Observation/{id_} already exists" in caught.value.message
     assert store.count("Observation") == 1 and len(store.history("Observation", "o2")) == 2  # nothing stored
     assert store.create(obs(), id_="o3")["id"] == "o3"
+
+
+@pytest.mark.parametrize(
+    ("field", "models"),
+    [
+        ("subject", ["Reference"]),
+        ("code", ["CodeableConcept"]),
+        ("performer", ["ChargeItemPerformer"]),  # inside Optional[List[...]]
+        ("status", []),  # a primitive: nothing to load
+    ],
+)
+def test_the_models_a_server_loads_before_serving(field: str, models: list[str]) -> None:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    from smart_app.sandbox.fhir_interactions import _element_models, warm_validation
+
+    annotation = get_fhir_model_class("ChargeItem").model_fields[field].annotation
+    assert [model.__name__ for model in _element_models(annotation)] == models
+    warm_validation(("ChargeItem",))  # best effort and once per process: never raises
+    warm_validation(("ChargeItem",))
