@@ -201,6 +201,22 @@ def test_prefer_return(fhir: LiveFhir) -> None:
 # ---------------------------------------------------------------------------------------------- formats
 
 
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ("application/fhir+json", 200),
+        ("application/json", 200),
+        ("*/*", 200),
+        ("application/fhir+xml;q=1, application/json;q=0.5", 200),
+        ("application/*", 200),
+        ("application/fhir+xml", 406),
+        ("text/html", 406),
+    ],
+)
+def test_accept_header(fhir: LiveFhir, accept: str, status: int) -> None:
+    assert fhir.get("Patient", params={"_count": "1"}, headers={"Accept": accept}).status_code == status
+
+
 def test_json_only(fhir: LiveFhir) -> None:
     assert_outcome(
         fhir.get("Patient", headers={"Accept": "application/fhir+xml"}), 406, "application/fhir+json"

@@ -129,7 +129,8 @@ def _check_accept() -> None:
     wanted = request.args.get("_format")
     if wanted and wanted not in ("json", *_JSON_TYPES):
         raise FhirError(406, "not-supported", f"_format={wanted}: this sandbox speaks JSON only")
-    if request.headers.get("Accept") and not request.accept_mimetypes.best_match(_JSON_TYPES):
+    accept = request.headers.get("Accept")
+    if accept and accept not in _JSON_TYPES and not request.accept_mimetypes.best_match(_JSON_TYPES):
         raise FhirError(406, "not-supported", "this sandbox answers application/fhir+json only")
 
 

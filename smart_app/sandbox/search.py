@@ -366,6 +366,8 @@ class SearchQuery:
 
 def _split(value: str, sep: str) -> list[str]:
     """Split on `sep` where it is not escaped with a backslash (FHIR search escaping); escapes are kept."""
+    if "\\" not in value:
+        return value.split(sep)  # nothing escaped (the usual case)
     parts: list[str] = []
     current: list[str] = []
     escaped = False
