@@ -6,6 +6,7 @@ background thread (port 0 = any free port), for the `rpm-billing sandbox` comman
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import threading
@@ -289,6 +290,10 @@ def start_sandbox(config: SandboxConfig) -> RunningSandbox:
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
     origin = config.base_url or f"http://{config.host}:{server.server_port}"
     urls = configure_urls(app, origin)
+    # Starting leaves much garbage (the synthetic population was generated in Python) and many new objects
+    # (the FHIR models imported to validate): the first full collection, ~60 ms during which the server
+    # answers nothing, would come while serving. It comes now.
+    gc.collect()
     thread = threading.Thread(target=server.serve_forever, name="rpm-billing-sandbox", daemon=True)
     thread.start()
     log.info("sandbox EHR serving at %s", urls.origin)
