@@ -68,6 +68,8 @@ class InstantSpans:
 
     def positions(self, moments: Iterable[datetime]) -> list[int | None]:
         """The span of each moment (one call for many: this runs for every reading of a month)."""
+        if len(self._spans) == 1:  # the month, one consent, most patients' one episode
+            return self._in_single_span(moments)
         found: list[int | None] = []
         append = found.append
         zone: object = _NO_ZONE
@@ -82,6 +84,19 @@ class InstantSpans:
                     break
             else:
                 append(None)
+        return found
+
+    def _in_single_span(self, moments: Iterable[datetime]) -> list[int | None]:
+        """`positions` for one span: the same test, without the loop over spans."""
+        found: list[int | None] = []
+        append = found.append
+        zone: object = _NO_ZONE
+        start, end = self._spans[0]
+        for moment in moments:
+            if moment.tzinfo is not zone:
+                zone = moment.tzinfo
+                ((start, end),) = self._in_zone(zone)
+            append(0 if start <= moment and (end is None or moment < end) else None)
         return found
 
     def _in_zone(self, zone: object) -> tuple[tuple[datetime, datetime | None], ...]:
