@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -30,6 +30,53 @@ def zone(name: str) -> ZoneInfo:
 def local_date(moment: datetime, tz: ZoneInfo) -> date:
     """The local calendar date of an aware datetime in the practice zone."""
     return moment.astimezone(tz).date()
+
+
+# The local date of a reading, asked for every reading of a month, without a time-zone conversion each time.
+# A moment with a fixed UTC offset (what FHIR times carry) lies in one hour of its own wall clock; within that
+# hour the practice zone's offset is constant unless the zone changes it inside the hour, which is checked by
+# asking the zone at the hour's first and last microsecond (two changes within one hour, back to the same
+# offset, occur in no zone). So the shift from the moment's offset to the zone's is computed once per
+# (offset, wall-clock hour, zone) and the local date is `(moment + shift).date()`: the zone's wall clock at
+# that instant, exactly what `astimezone` gives. Any other tzinfo, or an hour in which the zone changes its
+# offset (zones whose changes are not on whole hours), falls back to `astimezone`.
+_NO_SHIFT = timedelta.max  # marks an hour that must fall back to astimezone
+_SHIFTS: dict[tuple[object, int, int, ZoneInfo], timedelta] = {}
+_SHIFTS_LIMIT = 200_000  # about 20 years of hours in a few offsets; cleared when full
+
+
+def local_day(moment: datetime, tz: ZoneInfo) -> date:
+    """`local_date(moment, tz)`, several times faster for many moments (see `_SHIFTS`)."""
+    key = (moment.tzinfo, moment.toordinal(), moment.hour, tz)
+    shift = _SHIFTS.get(key)
+    if shift is None:
+        shift = _hour_shift(moment, tz)
+        if len(_SHIFTS) >= _SHIFTS_LIMIT:
+            _SHIFTS.clear()
+        _SHIFTS[key] = shift
+    if shift is _NO_SHIFT:
+        return moment.astimezone(tz).date()
+    return (moment + shift).date()
+
+
+def _hour_shift(moment: datetime, tz: ZoneInfo) -> timedelta:
+    """The zone's UTC offset minus the moment's, the same for the whole wall-clock hour of `moment`; else
+    _NO_SHIFT."""
+    if type(moment.tzinfo) is not timezone:  # a zone's wall clock is not its instants (DST folds and gaps)
+        return _NO_SHIFT
+    try:
+        first = moment.replace(minute=0, second=0, microsecond=0)
+        last = first + _HOUR_LAST  # a fixed offset: wall-clock arithmetic is instant arithmetic
+        zone_offset = first.astimezone(tz).utcoffset()
+        if zone_offset is None or zone_offset != last.astimezone(tz).utcoffset():
+            return _NO_SHIFT  # the zone changes its offset inside this hour
+        own_offset = moment.utcoffset()
+        return _NO_SHIFT if own_offset is None else zone_offset - own_offset
+    except OverflowError:  # within an hour of year 1 or 9999
+        return _NO_SHIFT
+
+
+_HOUR_LAST = timedelta(hours=1) - timedelta(microseconds=1)
 
 
 def local_midnight(day: date, tz: ZoneInfo) -> datetime:

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from billing.consent import Episode, InstantSpans
 from billing.model import DeviceRecord, Reading
-from billing.periods import WINDOW_DAYS, Period, window_days
+from billing.periods import WINDOW_DAYS, Period, local_day, window_days
 from billing.result import SupplyWindow
 
 # Why a reading does not count, in words a billing person understands.
@@ -66,7 +66,7 @@ def qualify_readings(
         if position is None:
             skipped.append(SkippedReading(reading, SKIP_OUTSIDE_CONSENT))
             continue
-        item = QualifyingReading(reading, all_episodes[position], moment.astimezone(tz).date())
+        item = QualifyingReading(reading, all_episodes[position], local_day(moment, tz))
         identifier = reading.identifier
         if identifier is None:
             qualifying.append(item)
