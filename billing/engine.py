@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from billing import codes as rules
 from billing.classify import chat_sessions, classify, describe, involves_ai, parties
-from billing.consent import Episode, InstantSpans, episode_at, episodes
+from billing.consent import Episode, InstantSpans, episodes
 from billing.minutes import MonthClock, activity_seconds
 from billing.model import Activity, ActivityKind, ConsentRecord, PartyKind, PatientRecords
 from billing.periods import Period, YearMonth, zone
@@ -175,9 +175,8 @@ def _month_outcomes(
 ) -> tuple[list[ActivityOutcome], int]:
     """Classify the month's activities and run the month clock over the ones whose time counts."""
     # Attributed to RPM and inside consent: decided once per activity.
-    counted = [
-        a.program in (None, "rpm") and episode_at(all_episodes, a.start) is not None for a in activities
-    ]
+    in_force = _in_force(all_episodes, activities)
+    counted = [a.program in (None, "rpm") and ok for a, ok in zip(activities, in_force, strict=True)]
     chat_ids = chat_sessions([a for a, ok in zip(activities, counted, strict=True) if ok], policy)
     clock = MonthClock()
     outcomes: list[ActivityOutcome] = []
@@ -218,6 +217,13 @@ def _month_outcomes(
             )
         )
     return outcomes, clock.total_seconds
+
+
+def _in_force(all_episodes: Sequence[Episode], activities: Sequence[Activity]) -> list[bool]:
+    """For each activity, whether a consent episode is in force at its start (`episode_at`, all at once)."""
+    starts = [a.start for a in activities if a.start is not None]
+    positions = iter(InstantSpans((e.start, e.end) for e in all_episodes).positions(starts))
+    return [a.start is not None and next(positions) is not None for a in activities]
 
 
 def _not_counted(
