@@ -597,6 +597,16 @@ WINDOW_ROWS = [
     ),
 ]
 
+# A second episode in March 2026 after an earlier episode whose 99453 was billed in June 2025.
+NEW_EPISODE_AFTER_BILLED_SETUP = records(
+    consents=[
+        consent("2025-06-01 00:00", "2025-09-01 00:00", status="inactive", id="old"),
+        consent("2026-03-01 00:00", id="new"),
+    ],
+    readings=days(10),
+    charges=[charge("99453", start="2025-06-05 00:00", end="2025-07-05 00:00", key="p1|99453|2025-06-05")],
+)
+
 SETUP_ROWS = [
     Row(
         "99453 with the first window reaching 2 days",
@@ -646,31 +656,13 @@ SETUP_ROWS = [
     ),
     Row(
         "new episode: earlier 99453 blocks by default",
-        records(
-            consents=[
-                consent("2025-06-01 00:00", "2025-09-01 00:00", status="inactive", id="old"),
-                consent("2026-03-01 00:00", id="new"),
-            ],
-            readings=days(10),
-            charges=[
-                charge("99453", start="2025-06-05 00:00", end="2025-07-05 00:00", key="p1|99453|2025-06-05")
-            ],
-        ),
+        NEW_EPISODE_AFTER_BILLED_SETUP,
         {},
         check=("99453",),
     ),
     Row(
         "new episode: rebill setting allows a new 99453",
-        records(
-            consents=[
-                consent("2025-06-01 00:00", "2025-09-01 00:00", status="inactive", id="old"),
-                consent("2026-03-01 00:00", id="new"),
-            ],
-            readings=days(10),
-            charges=[
-                charge("99453", start="2025-06-05 00:00", end="2025-07-05 00:00", key="p1|99453|2025-06-05")
-            ],
-        ),
+        NEW_EPISODE_AFTER_BILLED_SETUP,
         {"99453": 1},
         check=("99453",),
         policy=apply_overrides(CMS_2026, rebill_99453_new_episode=True),
