@@ -251,6 +251,7 @@ def test_a_post_without_the_csrf_token_and_another_patients_id(driver: Any, stac
     # WebDriver's own script (not the page's: the CSP allows none) drops the token, then a person submits
     driver.execute_script("document.querySelector('input[name=csrf_token]').remove()")
     driver.find_element(By.ID, "confirm-write").click()
+    wait_for(driver, "error-title")  # the click submits; the refusal page arrives a moment later
     assert text(driver, "error-title") == "Form expired"
     assert len(charge_items(stack, WEB_PATIENT)) == before
     driver.get(month_url.replace(f"/patient/{WEB_PATIENT}", f"/patient/{WRITE_PATIENT}"))
