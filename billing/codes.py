@@ -94,17 +94,12 @@ def active_charges(
 
 
 def rtm_block(charges: Sequence[ExistingCharge], period: Period) -> ExistingCharge | None:
-    """An existing RTM charge whose occurrence overlaps the period: RPM and RTM never share a period."""
+    """An existing RTM charge whose occurrence overlaps the period: RPM and RTM never share a period.
+
+    An occurrence period without an end is ongoing (FHIR Period semantics), so it overlaps every later period.
+    """
     for charge in active_charges(charges, RTM_CODES):
-        if charge.period_start is not None and period.overlaps(
-            charge.period_start, charge.period_end or charge.period_start
-        ):
-            return charge
-        if (
-            charge.period_start is not None
-            and charge.period_end is None
-            and period.contains(charge.period_start)
-        ):
+        if period.overlaps(charge.period_start, charge.period_end):
             return charge
     return None
 

@@ -689,6 +689,17 @@ RTM_ROWS = [
         flags=("rtm-without-occurrence",),
     ),
     Row(
+        "ongoing RTM charge (occurrence without an end) started earlier blocks RPM management",
+        records(
+            readings=days(20),
+            activities=[call("2026-03-10 10:00", 25)],
+            charges=[charge("98980", start="2026-01-01 00:00")],
+        ),
+        {},
+        check=("99457",),
+        reason_has={"99457": "RPM and RTM"},
+    ),
+    Row(
         "aborted RTM charge blocks nothing",
         records(
             readings=days(20),
