@@ -127,8 +127,6 @@ def evaluate_month(
 
     _flags(
         records,
-        month,
-        month_period,
         policy,
         outcomes,
         month_windows,
@@ -472,8 +470,6 @@ def _blocks_setup(charge: rules.ExistingCharge, episode: Episode, policy: Policy
 
 def _flags(
     records: PatientRecords,
-    month: YearMonth,
-    month_period: Period,
     policy: Policy,
     outcomes: Sequence[ActivityOutcome],
     month_windows: Sequence[SupplyWindow],
