@@ -29,6 +29,7 @@ from fhir_mapping.outbound import WriteSettings
 from smart_app.errors import ExitCode, RpmBillingError
 from smart_app.fhir_client import FhirClient
 from smart_app.http import FhirError, ServerError, TemporaryNetworkError
+from smart_app.output import print_table
 from smart_app.pipeline import RunOptions, evaluate, format_codes
 from smart_app.reads import fetch_patient_month
 from smart_app.writeback import WritePlan, WriteResult, apply_plan, plan_month_writes
@@ -417,19 +418,17 @@ def _writes_cell(outcome: PatientOutcome, write: WriteResult | None) -> str:
     return f"+{len(write.created)} -{len(write.retired)}"
 
 
+RUN_TABLE_COLUMNS = (
+    ("patient", "Patient"),
+    ("codes", "Codes"),
+    ("period", "Period"),
+    ("minutes", "Min"),
+    ("days", "Days"),
+    ("writes", "Writes"),
+    ("skipped", "Skipped"),
+    ("flags", "Flags"),
+)
+
+
 def print_run_table(rows: Iterable[Mapping[str, Any]], out: Any) -> None:
-    columns = (
-        ("patient", "Patient"),
-        ("codes", "Codes"),
-        ("period", "Period"),
-        ("minutes", "Min"),
-        ("days", "Days"),
-        ("writes", "Writes"),
-        ("skipped", "Skipped"),
-        ("flags", "Flags"),
-    )
-    cells = [[str(row[key]) for key, _ in columns] for row in rows]
-    widths = [max([len(title)] + [len(c[i]) for c in cells]) for i, (_, title) in enumerate(columns)]
-    out.write("  ".join(t.ljust(w) for (_, t), w in zip(columns, widths, strict=True)).rstrip() + "\n")
-    for row in cells:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+    print_table(rows, out, RUN_TABLE_COLUMNS)

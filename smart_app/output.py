@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,10 +27,12 @@ _COLUMNS = (
 )
 
 
-def print_table(rows: Sequence[dict[str, Any]], out: TextIO) -> None:
-    """A plain aligned table: one patient per line (ids only, never names)."""
-    cells = [[_cell(row[key]) for key, _ in _COLUMNS] for row in rows]
-    headers = [title for _, title in _COLUMNS]
+def print_table(
+    rows: Iterable[Mapping[str, Any]], out: TextIO, columns: Sequence[tuple[str, str]] = _COLUMNS
+) -> None:
+    """A plain aligned table, one patient per line (ids only, never names); `columns` are (key, title)."""
+    cells = [[_cell(row[key]) for key, _ in columns] for row in rows]
+    headers = [title for _, title in columns]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
     out.write("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip() + "\n")
     for row in cells:
