@@ -6,6 +6,8 @@ Functions that build URLs take `canon` so a deployment can pass its own base.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 CANON = "http://rpm-billing.org/fhir"
 
 
@@ -43,3 +45,26 @@ LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 DOCUMENT_CATEGORY_CS = "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category"
 MONTHLY_LOG_TYPE = (LOINC, "11506-3", "Progress note")
+
+
+@dataclass(frozen=True, slots=True)
+class Systems:
+    """The project's canonical URLs for one deployment's `canon` base."""
+
+    care_program_cs: str
+    rpm_activity_cs: str
+    rpm_content_cs: str
+    care_program_ext: str
+    activity_period_ext: str
+    charge_key_system: str
+
+    @classmethod
+    def for_canon(cls, canon: str = CANON) -> Systems:
+        return cls(
+            care_program_cs=cs("care-program", canon),
+            rpm_activity_cs=cs("rpm-activity", canon),
+            rpm_content_cs=cs("rpm-content", canon),
+            care_program_ext=sd("care-program", canon),
+            activity_period_ext=sd("activity-period", canon),
+            charge_key_system=f"{canon}/charge-key",
+        )

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from fhir_mapping.canon import CANON, cs, sd
+from fhir_mapping.canon import Systems
 from fhir_mapping.fhirtime import FhirTime, parse_time
 from fhir_mapping.issues import MappingError, quote
 
@@ -26,29 +26,6 @@ _REFERENCE = re.compile(
     r"(?:^|.*/)(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,255})(?:/_history/[A-Za-z0-9\-.]{1,64})?"
 )
 _REFERENCE_CACHE = 8192  # distinct reference strings remembered (a few per patient in a month's export)
-
-
-@dataclass(frozen=True, slots=True)
-class Systems:
-    """The project's canonical URLs for one deployment's `canon` base."""
-
-    care_program_cs: str
-    rpm_activity_cs: str
-    rpm_content_cs: str
-    care_program_ext: str
-    activity_period_ext: str
-    charge_key_system: str
-
-    @classmethod
-    def for_canon(cls, canon: str = CANON) -> Systems:
-        return cls(
-            care_program_cs=cs("care-program", canon),
-            rpm_activity_cs=cs("rpm-activity", canon),
-            rpm_content_cs=cs("rpm-content", canon),
-            care_program_ext=sd("care-program", canon),
-            activity_period_ext=sd("activity-period", canon),
-            charge_key_system=f"{canon}/charge-key",
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,8 +43,7 @@ from fhir_mapping.canon import (
     LOINC,
     PARTICIPATION_MODE_CS,
     UCUM,
-    cs,
-    sd,
+    Systems,
 )
 
 Resource = dict[str, Any]
@@ -210,29 +209,6 @@ _HOSTILE_NOTE = (
 
 
 @dataclass(frozen=True)
-class _Urls:
-    care_program_cs: str
-    rpm_activity_cs: str
-    rpm_content_cs: str
-    care_program_ext: str
-    activity_period_ext: str
-    charge_key: str
-    scenario: str
-
-    @classmethod
-    def of(cls, canon: str) -> _Urls:
-        return cls(
-            care_program_cs=cs("care-program", canon),
-            rpm_activity_cs=cs("rpm-activity", canon),
-            rpm_content_cs=cs("rpm-content", canon),
-            care_program_ext=sd("care-program", canon),
-            activity_period_ext=sd("activity-period", canon),
-            charge_key=f"{canon}/charge-key",
-            scenario=f"{canon}/synth-scenario",
-        )
-
-
-@dataclass(frozen=True)
 class _Ctx:
     """What every patient's generation shares: the month, the zone and the URLs."""
 
@@ -241,7 +217,8 @@ class _Ctx:
     prev_first: date
     prev_last: date
     tz: ZoneInfo
-    urls: _Urls
+    urls: Systems
+    scenario: str  # the Patient meta.tag system of the synthetic scenario tags
 
     def at(self, day: date, seconds: int) -> datetime:
         """Local wall-clock time `seconds` after midnight of `day` in the practice zone."""
@@ -316,7 +293,15 @@ def generate(
         raise ValueError(f"seed must be an integer, got {seed!r}")
     last = first.replace(day=calendar.monthrange(first.year, first.month)[1])
     prev_last = first - timedelta(days=1)
-    ctx = _Ctx(first, last, prev_last.replace(day=1), prev_last, tz, _Urls.of(canon.rstrip("/")))
+    ctx = _Ctx(
+        first,
+        last,
+        prev_last.replace(day=1),
+        prev_last,
+        tz,
+        Systems.for_canon(canon.rstrip("/")),
+        f"{canon.rstrip('/')}/synth-scenario",
+    )
     return _generate(ctx, patients, seed)
 
 
@@ -640,7 +625,7 @@ class _PatientBuilder:
         return {
             "resourceType": "Patient",
             "id": self.pid,
-            "meta": {"tag": [_coding(self.ctx.urls.scenario, tag) for tag in tags]},
+            "meta": {"tag": [_coding(self.ctx.scenario, tag) for tag in tags]},
             "identifier": [{"system": MRN_SYSTEM, "value": f"SYN{self.index:07d}"}],
             "active": True,
             "name": [{"use": "official", "family": rng.choice(_FAMILY), "given": [rng.choice(_GIVEN)]}],
@@ -767,7 +752,7 @@ class _PatientBuilder:
         item: Resource = {"resourceType": "ChargeItem", "id": self._id("charge")}
         if key and start is not None:
             value = f"{self.pid}|{code}|{start.isoformat()}"
-            item["identifier"] = [{"system": self.ctx.urls.charge_key, "value": value}]
+            item["identifier"] = [{"system": self.ctx.urls.charge_key_system, "value": value}]
         item.update(
             {
                 "status": status,
