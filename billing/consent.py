@@ -77,7 +77,7 @@ class InstantSpans:
         for moment in moments:
             if moment.tzinfo is not zone:  # readings come in runs of the same offset
                 zone = moment.tzinfo
-                spans = self._in_zone(zone)
+                spans = self.in_zone(zone)
             for index, (start, end) in enumerate(spans):
                 if start <= moment and (end is None or moment < end):
                     append(index)
@@ -95,11 +95,12 @@ class InstantSpans:
         for moment in moments:
             if moment.tzinfo is not zone:
                 zone = moment.tzinfo
-                ((start, end),) = self._in_zone(zone)
+                ((start, end),) = self.in_zone(zone)
             append(0 if start <= moment and (end is None or moment < end) else None)
         return found
 
-    def _in_zone(self, zone: object) -> tuple[tuple[datetime, datetime | None], ...]:
+    def in_zone(self, zone: object) -> tuple[tuple[datetime, datetime | None], ...]:
+        """The spans to compare moments whose tzinfo is `zone` with (the same instants, in that offset)."""
         spans = self._by_zone.get(zone)
         if spans is None:
             if type(zone) is not timezone:

@@ -6,9 +6,11 @@ testable. It applies contract section 3 on records produced by `fhir_mapping`.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import TypeVar
 
 from billing import codes as rules
@@ -33,11 +35,13 @@ from billing.result import (
     charge_key,
 )
 from billing.supply import (
+    DeviceData,
     QualifyingReading,
     SkippedReading,
-    episode_windows,
-    qualify_readings,
+    device_data,
+    device_types,
     skipped_counts,
+    windows_of_episode,
 )
 
 PolicyForMonth = Callable[[YearMonth], Policy]
@@ -90,18 +94,37 @@ def evaluate_month(
             )
 
     # Device data
-    qualifying, skipped = qualify_readings(records.readings, records.devices, all_episodes, tz)
+    data = device_data(records.readings, records.devices, all_episodes, tz)
+    qualifying, skipped = data.qualifying, data.skipped
     first_day, last_day = month.first_day, month.last_day
+    if len(all_episodes) == 1:
+        own_readings = [qualifying]
+    else:
+        own_readings = [[] for _ in all_episodes]
+        for q in qualifying:
+            own_readings[q.episode.index].append(q)
+    device_type = device_types(records.devices)
     windows: list[SupplyWindow] = []
-    for episode in all_episodes:
-        windows.extend(episode_windows(episode, qualifying, records.devices, tz, last_day, as_of))
+    # The device ids each window counted, when no other episode's readings can fall on its days.
+    devices_read: dict[int, set[str | None]] = {}
+    for episode, own in zip(all_episodes, own_readings, strict=True):
+        episode_found, device_sets = windows_of_episode(episode, own, device_type, tz, last_day, as_of)
+        windows.extend(episode_found)
+        if len(all_episodes) == 1:
+            devices_read = {id(w): d for w, d in zip(episode_found, device_sets, strict=True)}
     month_windows = [w for w in windows if w.belongs_to == month]
     shown_windows = [w for w in windows if w.first_day <= last_day and w.last_day >= first_day]
     data_days_in_month = len({q.day for q in qualifying if first_day <= q.day <= last_day})
-    # Readings are looked at against the month and its windows several times: decide that once.
-    reach = InstantSpans((p.start, p.end) for p in [month_period, *(w.period for w in month_windows)])
-    relevant_qualifying = _within(reach, qualifying)
-    relevant_skipped = _within(reach, skipped)
+    # Readings are looked at against the month and its windows several times: decide that once. Every window
+    # that ends in the month ends after the month starts and no later than it ends, so the month and those
+    # windows together are one span, from the earliest of their starts to the month's end.
+    reach_start = month_period.start
+    for window in month_windows:
+        if window.period.start < reach_start:
+            reach_start = window.period.start
+    reach = (reach_start, month_period.end)
+    relevant_qualifying = _readings_between(data, reach)
+    relevant_skipped = _within(InstantSpans([reach]), skipped)
 
     # Activities of the month (by their start), in time order
     timed = [(a, a.start) for a in records.activities if a.start is not None]
@@ -120,18 +143,21 @@ def evaluate_month(
     )
     _management(records, month_period, policy, as_of, outcomes, total_seconds, evidence_base, found)
     for window in month_windows:
-        _supply(records, window, policy, _window_evidence(window, records, all_episodes, qualifying), found)
+        evidence = _window_evidence(window, records, all_episodes, qualifying, devices_read.get(id(window)))
+        _supply(records, window, policy, evidence, found)
     if not month_windows:
         found.not_billed.append(NotBilled("99454/99445", _no_window_reason(month, shown_windows, qualifying)))
-    _setup(records, month, windows, qualifying, all_episodes, policy_at, found)
+    _setup(records, month, windows, qualifying, all_episodes, policy_at, devices_read, found)
 
+    skipped_in_reach = skipped_counts(relevant_skipped)
     _flags(
         records,
         policy,
         outcomes,
         month_windows,
         relevant_qualifying,
-        relevant_skipped,
+        data,
+        skipped_in_reach,
         data_days_in_month,
         found,
     )
@@ -151,7 +177,7 @@ def evaluate_month(
         interactive_count=len(interactive),
         attempt_count=len(attempts),
         data_days_in_month=data_days_in_month,
-        readings_skipped=skipped_counts(relevant_skipped),
+        readings_skipped=skipped_in_reach,
         codes=tuple(found.codes),
         not_billed=tuple(found.not_billed),
         flags=tuple(found.flags),
@@ -160,6 +186,18 @@ def evaluate_month(
 
 
 _Item = TypeVar("_Item", QualifyingReading, SkippedReading)
+
+
+def _readings_between(data: DeviceData, span: tuple[datetime, datetime]) -> Sequence[QualifyingReading]:
+    """The qualifying readings in `[start, end)`, in order: a slice when their times are totally ordered."""
+    if not data.fixed_offsets:
+        return _within(InstantSpans([span]), data.qualifying)
+    qualifying = data.qualifying
+    first = bisect_left(qualifying, span[0], key=_READING_TIME)
+    return qualifying[first : bisect_left(qualifying, span[1], lo=first, key=_READING_TIME)]
+
+
+_READING_TIME = attrgetter("reading.time")
 
 
 def _within(spans: InstantSpans, items: Sequence[_Item]) -> list[_Item]:
@@ -362,13 +400,21 @@ def _window_evidence(
     records: PatientRecords,
     all_episodes: Sequence[Episode],
     qualifying: Sequence[QualifyingReading],
+    devices_read: set[str | None] | None,
 ) -> tuple[str, ...]:
-    """The consents in force during the window and the devices whose readings it counted."""
-    devices = {
-        q.reading.device_id
-        for q in qualifying
-        if window.first_day <= q.day <= window.last_day and q.reading.device_id
-    }
+    """The consents in force during the window and the devices whose readings it counted.
+
+    `devices_read`: the device ids of the window's own readings, which are all the readings on its days when
+    there is one episode; otherwise (None) every qualifying reading is looked at.
+    """
+    if devices_read is None:
+        devices = {
+            q.reading.device_id
+            for q in qualifying
+            if window.first_day <= q.day <= window.last_day and q.reading.device_id
+        }
+    else:
+        devices = {d for d in devices_read if d}
     consents = _consent_refs(records.consents, all_episodes, window.period)
     return consents + tuple(f"Device/{d}" for d in sorted(devices))
 
@@ -394,6 +440,7 @@ def _setup(
     qualifying: Sequence[QualifyingReading],
     all_episodes: Sequence[Episode],
     policy_at: PolicyForMonth,
+    devices_read: dict[int, set[str | None]],
     found: _Findings,
 ) -> None:
     """99453 goes with the episode's earliest window reaching the 99453 minimum, in that window's month."""
@@ -441,7 +488,9 @@ def _setup(
                     f"({setup_window.day_count})"
                 ),
                 charge_key=key,
-                evidence=_window_evidence(setup_window, records, all_episodes, qualifying),
+                evidence=_window_evidence(
+                    setup_window, records, all_episodes, qualifying, devices_read.get(id(setup_window))
+                ),
             )
         )
     if not any(line.code == SETUP for line in found.codes):
@@ -474,7 +523,8 @@ def _flags(
     outcomes: Sequence[ActivityOutcome],
     month_windows: Sequence[SupplyWindow],
     relevant_qualifying: Sequence[QualifyingReading],
-    relevant_skipped: Sequence[SkippedReading],
+    data: DeviceData,
+    skipped_in_reach: tuple[tuple[str, int], ...],
     data_days_in_month: int,
     found: _Findings,
 ) -> None:
@@ -489,11 +539,10 @@ def _flags(
     counted_times = [
         o.activity.start for o in outcomes if o.counts_minutes and o.in_consent and o.activity.start
     ]
-    counted_times += [q.reading.time for q in relevant_qualifying]
     for consent in records.consents:
         if consent.recorded is None or consent.revoked_without_end:
             continue
-        early = _covered_before(consent, consent.recorded, counted_times)
+        early = _covered_before(consent, consent.recorded, counted_times, relevant_qualifying, data)
         if early:  # the earliest of them is the earliest moment the consent covers
             first = min(early)
             found.flag(
@@ -501,7 +550,7 @@ def _flags(
                 f"Consent/{consent.id} dateTime {consent.recorded.isoformat()} is later than the first "
                 f"counted activity or reading ({first.isoformat()})",
             )
-    for reason, count in skipped_counts(relevant_skipped):
+    for reason, count in skipped_in_reach:
         found.flag("readings-skipped", f"{count} reading(s) skipped: {reason}")
     for outcome in outcomes:
         activity = outcome.activity
@@ -530,7 +579,8 @@ def _flags(
     if attempts and not any(o.activity_class is ActivityClass.INTERACTIVE for o in outcomes):
         found.flag("unreachable", f"{attempts} attempts, no interactive contact")
     naive = [o.activity.reference for o in outcomes if o.activity.naive_time]
-    naive += [f"Observation/{q.reading.id}" for q in relevant_qualifying if q.reading.naive_time]
+    if data.any_naive:
+        naive += [f"Observation/{q.reading.id}" for q in relevant_qualifying if q.reading.naive_time]
     naive += [f"Consent/{c.id}" for c in records.consents if c.naive_time]
     if naive:
         found.flag(
@@ -549,19 +599,38 @@ def _flags(
         found.flag("input", text)
 
 
-def _covered_before(consent: ConsentRecord, limit: datetime, moments: Sequence[datetime]) -> list[datetime]:
-    """The moments `consent` is in force at that are earlier than `limit`, in order.
+def _covered_before(
+    consent: ConsentRecord,
+    limit: datetime,
+    activity_times: Sequence[datetime],
+    readings: Sequence[QualifyingReading],
+    data: DeviceData,
+) -> list[datetime]:
+    """The counted moments (activity times, then the readings' times) `consent` is in force at that are
+    earlier than `limit`, in order.
 
     `consent_covering([consent], t)` for each moment, inlined, and only the moments before `limit` kept: the
     consent-after-first-use flag asks whether the earliest covered moment is before the consent's dateTime,
     which holds exactly when some covered moment is, and then the earliest of those is the earliest of all.
-    Keeping only those spares a `min` over every counted moment (slow over mixed UTC offsets).
+    Keeping only those spares a `min` over every counted moment (slow over mixed UTC offsets). The readings
+    are in time order: when their times are totally ordered (`DeviceData.fixed_offsets`) the ones in the
+    span are a slice, found by bisection (usually empty: a consent is recorded before its first reading).
     """
     if consent.start is None or consent.revoked_without_end:
         return []
     end = limit if consent.end is None else min(consent.end, limit)
-    found = InstantSpans([(consent.start, end)]).positions(moments)
-    return [t for t, position in zip(moments, found, strict=True) if position is not None]
+    spans = InstantSpans([(consent.start, end)])
+    found = spans.positions(activity_times)
+    early = [t for t, position in zip(activity_times, found, strict=True) if position is not None]
+    if data.fixed_offsets:
+        first = bisect_left(readings, consent.start, key=_READING_TIME)
+        last = bisect_left(readings, end, lo=first, key=_READING_TIME)
+        early += [q.reading.time for q in readings[first:last]]
+    else:
+        moments = [q.reading.time for q in readings]
+        found = spans.positions(moments)
+        early += [t for t, position in zip(moments, found, strict=True) if position is not None]
+    return early
 
 
 def _has_performer(activity: Activity) -> bool:

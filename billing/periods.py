@@ -79,6 +79,52 @@ def _hour_shift(moment: datetime, tz: ZoneInfo) -> timedelta:
 _HOUR_LAST = timedelta(hours=1) - timedelta(microseconds=1)
 
 
+# `local_day` for a whole month of readings in one loop: the local date of each wall-clock hour of a moment's
+# own fixed offset, looked up as `table[moment.toordinal()][moment.hour]` with no call and no key tuple. An
+# hour is entered only when all of it falls on one local date with one shift (`_hour_shift`), so the entry
+# is what `local_day` gives for every moment of that hour. Hours that straddle a local midnight (offsets
+# that are not whole hours apart) or a change of the zone's offset, and every moment whose tzinfo is not a
+# fixed offset, stay None: the caller asks `learn_local_day`, which answers with `local_day` itself.
+HourDays = dict[int, list[date | None]]
+"""Own-clock ordinal -> the local date of each of its 24 wall-clock hours (None: ask `learn_local_day`)."""
+
+_HOUR_DAYS: dict[tuple[object, ZoneInfo], HourDays] = {}
+_HOUR_DAYS_LIMIT = 20_000  # own-clock days per (offset, zone); cleared when full
+
+
+def hour_days(moment_zone: object, tz: ZoneInfo) -> HourDays:
+    """The table of local dates by wall-clock hour for moments whose tzinfo is `moment_zone`."""
+    key = (moment_zone, tz)
+    table = _HOUR_DAYS.get(key)
+    if table is None:
+        if len(_HOUR_DAYS) >= 64:
+            _HOUR_DAYS.clear()
+        table = _HOUR_DAYS[key] = {}
+    return table
+
+
+def learn_local_day(table: HourDays, moment: datetime, tz: ZoneInfo) -> date:
+    """`local_day(moment, tz)`, entered in `table` (from `hour_days(moment.tzinfo, tz)`) when the moment's
+    whole wall-clock hour falls on that one local date."""
+    day = local_day(moment, tz)
+    shift = _SHIFTS.get((moment.tzinfo, moment.toordinal(), moment.hour, tz))  # set by local_day
+    if shift is None or shift is _NO_SHIFT:
+        return day
+    try:
+        first = moment.replace(minute=0, second=0, microsecond=0) + shift
+        if (first + _HOUR_LAST).date() != day or first.date() != day:
+            return day  # the hour straddles a local midnight
+    except OverflowError:
+        return day
+    hours = table.get(moment.toordinal())
+    if hours is None:
+        if len(table) >= _HOUR_DAYS_LIMIT:
+            table.clear()
+        hours = table[moment.toordinal()] = [None] * 24
+    hours[moment.hour] = day
+    return day
+
+
 def local_midnight(day: date, tz: ZoneInfo) -> datetime:
     """Local midnight at the start of `day` (DST-safe: midnight exists in every IANA zone we target)."""
     return datetime.combine(day, time(0), tzinfo=tz)
@@ -159,6 +205,12 @@ class Period:
     def is_closed(self, as_of: datetime) -> bool:
         """Ended at the run's as-of time (otherwise its codes are a preview)."""
         return as_of >= self.end
+
+
+@lru_cache(maxsize=4096)
+def day_period(first: date, last: date, tz: ZoneInfo) -> Period:
+    """`Period.of_days(first, last, tz)`, shared: the windows of many patients start on the same days."""
+    return Period.of_days(first, last, tz)
 
 
 def window_days(anchor: date, index: int) -> tuple[date, date]:

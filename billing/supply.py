@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from operator import attrgetter
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from billing.consent import Episode, InstantSpans
 from billing.model import DeviceRecord, Reading
-from billing.periods import WINDOW_DAYS, Period, local_day, window_days
+from billing.periods import WINDOW_DAYS, HourDays, day_period, hour_days, learn_local_day, window_days
 from billing.result import SupplyWindow
 
 # Why a reading does not count, in words a billing person understands.
@@ -44,42 +44,127 @@ def qualify_readings(
 
     Readings sharing an identifier are one reading; among its qualifying copies the earliest time is its time.
     """
+    data = device_data(readings, devices, all_episodes, tz)
+    return data.qualifying, data.skipped
+
+
+class DeviceData(NamedTuple):
+    """`qualify_readings` with what one pass learns on the way (internal to the engine)."""
+
+    qualifying: list[QualifyingReading]  # in (time, id) order
+    skipped: list[SkippedReading]
+    # Every qualifying time carries a fixed UTC offset (a `datetime.timezone`): Python then compares them as
+    # instants, a total order, so the sorted list can be cut by time (a bisection) and its first moment is
+    # the earliest. With a zone's wall-clock time (DST folds compare equal) the engine scans instead.
+    fixed_offsets: bool
+    any_naive: bool  # some qualifying reading's time was read without an offset
+
+
+def device_data(
+    readings: Iterable[Reading],
+    devices: Sequence[DeviceRecord],
+    all_episodes: Sequence[Episode],
+    tz: ZoneInfo,
+) -> DeviceData:
+    """`qualify_readings` in one pass over the readings (this runs for every reading of every month).
+
+    For each reading, in this order: the reason it is skipped, else its consent episode, its local day and
+    whether an earlier copy (same identifier) is kept instead. The result is sorted by (time, id) unless the
+    readings came in that order (the mapper sorts them), which is checked on the way: then the survivors
+    are already in the order the sort would leave them.
+    """
     rpm_devices = {d.id for d in devices if d.status != "entered-in-error"}
+    spans = InstantSpans((e.start, e.end) for e in all_episodes)
+    single = len(all_episodes) == 1
+    first_episode = all_episodes[0] if single else None
     skipped: list[SkippedReading] = []
     best_by_identifier: dict[str, QualifyingReading] = {}
     qualifying: list[QualifyingReading] = []
-    readings = readings if isinstance(readings, list | tuple) else list(readings)
-    # episode_at for every reading, at once
-    in_force = InstantSpans((e.start, e.end) for e in all_episodes).positions([r.time for r in readings])
-    for reading, position in zip(readings, in_force, strict=True):
-        # Why a reading does not count, in this order (this runs for every reading of the month).
-        if reading.program is not None and reading.program != "rpm":
+    new = tuple.__new__  # QualifyingReading(...) without the Python-level __new__ of a named tuple
+    zone: object = _NO_ZONE
+    bounds: tuple[tuple[datetime, datetime | None], ...] = ()
+    # The single episode's bounds in the current offset (set with `zone`).
+    start: datetime = _NEVER
+    end: datetime | None = None
+    days: HourDays = {}
+    fixed_offsets = True
+    any_naive = False
+    in_order = True
+    previous: Reading | None = None
+    with_identifier = without_identifier = False
+    for reading in readings:
+        # Why a reading does not count, in this order.
+        program = reading.program
+        if program is not None and program != "rpm":
             skipped.append(SkippedReading(reading, SKIP_OTHER_PROGRAM))
             continue
-        if reading.device_id is None:
+        device = reading.device_id
+        if device is None:
             skipped.append(SkippedReading(reading, SKIP_PATIENT_REPORTED))
             continue
-        if reading.device_id not in rpm_devices:
+        if device not in rpm_devices:
             skipped.append(SkippedReading(reading, SKIP_NOT_RPM_DEVICE))
             continue
         moment = reading.time
-        if position is None:
-            skipped.append(SkippedReading(reading, SKIP_OUTSIDE_CONSENT))
-            continue
-        item = QualifyingReading(reading, all_episodes[position], local_day(moment, tz))
+        if moment.tzinfo is not zone:  # readings come in runs of the same offset
+            zone = moment.tzinfo
+            bounds = spans.in_zone(zone)
+            if single:
+                ((start, end),) = bounds
+            days = hour_days(zone, tz)
+            if type(zone) is not timezone:
+                fixed_offsets = False
+        # The episode in force (InstantSpans.positions, inlined).
+        if single:
+            if not (start <= moment and (end is None or moment < end)):
+                skipped.append(SkippedReading(reading, SKIP_OUTSIDE_CONSENT))
+                continue
+            episode = first_episode
+        else:
+            for index, (start, end) in enumerate(bounds):
+                if start <= moment and (end is None or moment < end):
+                    episode = all_episodes[index]
+                    break
+            else:
+                skipped.append(SkippedReading(reading, SKIP_OUTSIDE_CONSENT))
+                continue
+        # (time, id) order of the readings that reach this point, as `qualifying.sort` compares them.
+        if previous is not None and in_order:
+            earlier = previous.time
+            if moment < earlier or (moment == earlier and reading.id < previous.id):
+                in_order = False
+        previous = reading
+        if reading.naive_time:
+            any_naive = True
+        hours = days.get(moment.toordinal())
+        day = None if hours is None else hours[moment.hour]
+        if day is None:
+            day = learn_local_day(days, moment, tz)
+        item: QualifyingReading = new(QualifyingReading, (reading, episode, day))
         identifier = reading.identifier
         if identifier is None:
+            without_identifier = True
             qualifying.append(item)
             continue
+        with_identifier = True
         kept = best_by_identifier.get(identifier)
         if kept is None or moment < kept.reading.time:
             best_by_identifier[identifier] = item
-    qualifying.extend(best_by_identifier.values())
-    qualifying.sort(key=_TIME_THEN_ID)
-    return qualifying, skipped
+    if in_order and fixed_offsets and not (with_identifier and without_identifier):
+        # Sorted input, instants totally ordered: no later copy is earlier than the one kept, so the kept
+        # copies (in the dict's insertion order) or the readings without identifier are a subsequence of
+        # the sorted readings, which is what the stable sort below would return.
+        if with_identifier:
+            qualifying = list(best_by_identifier.values())
+    else:
+        qualifying.extend(best_by_identifier.values())
+        qualifying.sort(key=_TIME_THEN_ID)
+    return DeviceData(qualifying, skipped, fixed_offsets, any_naive)
 
 
 _TIME_THEN_ID = attrgetter("reading.time", "reading.id")  # (time, id) of a QualifyingReading
+_NO_ZONE = object()
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 def episode_windows(
@@ -97,31 +182,60 @@ def episode_windows(
     episode ends, nor after `until`.
     """
     own = [q for q in qualifying if q.episode.index == episode.index]
+    windows, _ = windows_of_episode(episode, own, device_types(devices), tz, until, as_of)
+    return windows
+
+
+def device_types(devices: Sequence[DeviceRecord]) -> dict[str, str]:
+    """Device id -> its type by display where the EHR gave one (the flag is read by people), else the code."""
+    return {d.id: d.type_display or d.type_code or "unknown type" for d in devices}
+
+
+def windows_of_episode(
+    episode: Episode,
+    own: Sequence[QualifyingReading],
+    device_type: dict[str, str],
+    tz: ZoneInfo,
+    until: date,
+    as_of: datetime,
+) -> tuple[list[SupplyWindow], list[set[str | None]]]:
+    """`episode_windows` over the episode's own qualifying readings (in order), and the device ids read in
+    each window (what its evidence lists, when no other episode has readings on its days)."""
     if not own:
-        return []
+        return [], []
     anchor = own[0].day
     last_start = until
     if episode.end is not None:
         # The instant the episode ends belongs to the previous local day when it is exactly midnight.
         end_day = (episode.end.astimezone(tz) - _EPSILON).date()
         last_start = min(last_start, end_day)
-    # Device types by their display where the EHR gave one (the flag is read by people), else the code.
-    device_type = {d.id: d.type_display or d.type_code or "unknown type" for d in devices}
     if anchor > last_start:
-        return []
+        return [], []
     # Each reading falls in at most one window: the one `(day - anchor) // 30` days on (none when earlier than
-    # the anchor or later than the last window). One pass, in the readings' order.
+    # the anchor or later than the last window). One pass, in the readings' order; a reading on a day of the
+    # window just found needs no division (days mostly come in order).
     count = (last_start - anchor).days // WINDOW_DAYS + 1
     window_days(anchor, count)  # the first window past the end, as the loop this replaces computed it
     buckets: list[list[QualifyingReading]] = [[] for _ in range(count)]
+    day_sets: list[set[date]] = [set() for _ in range(count)]
+    device_sets: list[set[str | None]] = [set() for _ in range(count)]
+    first, last = window_days(anchor, 0)
+    bucket, in_days, in_devices = buckets[0], day_sets[0], device_sets[0]
     for q in own:
-        index = (q.day - anchor).days // WINDOW_DAYS
-        if 0 <= index < count:
-            buckets[index].append(q)
+        day = q.day
+        if not first <= day <= last:
+            index = (day - anchor).days // WINDOW_DAYS
+            if not 0 <= index < count:
+                continue
+            first, last = window_days(anchor, index)
+            bucket, in_days, in_devices = buckets[index], day_sets[index], device_sets[index]
+        bucket.append(q)
+        in_days.add(day)
+        in_devices.add(q.reading.device_id)
     windows: list[SupplyWindow] = []
     for index, in_window in enumerate(buckets):
         first, last = window_days(anchor, index)
-        period = Period.of_days(first, last, tz)
+        period = day_period(first, last, tz)
         windows.append(
             SupplyWindow(
                 episode_index=episode.index,
@@ -129,15 +243,13 @@ def episode_windows(
                 first_day=first,
                 last_day=last,
                 period=period,
-                data_days=tuple(sorted({q.day for q in in_window})),
-                device_types=tuple(
-                    sorted({device_type.get(q.reading.device_id or "", "unknown") for q in in_window})
-                ),
+                data_days=tuple(sorted(day_sets[index])),
+                device_types=tuple(sorted({device_type.get(d or "", "unknown") for d in device_sets[index]})),
                 closed=period.is_closed(as_of),
-                reading_refs=tuple(f"Observation/{q.reading.id}" for q in in_window),
+                reading_refs=tuple(["Observation/" + q.reading.id for q in in_window]),
             )
         )
-    return windows
+    return windows, device_sets
 
 
 def skipped_counts(skipped: Iterable[SkippedReading]) -> tuple[tuple[str, int], ...]:
