@@ -39,6 +39,7 @@ from fhir_mapping.inbound_communication import (
     communication_times,
     map_communication,
 )
+from fhir_mapping.inbound_fast import fast_reading
 from fhir_mapping.inbound_observation import (
     ROW_ID,
     ROW_PROGRAM,
@@ -143,6 +144,22 @@ class InboundCollector:
         except Exception as err:  # a bug or a shape nobody foresaw must not stop the run
             problem = f"could not be read ({type(err).__name__}: {quote(str(err))})"
             self._skip(resource_type, ident, problem, patient_id)
+
+    def add_line(self, line: str | bytes) -> bool:
+        """Read one NDJSON line through the fast path for device readings (see `inbound_fast`).
+
+        True: the line was a device reading in the common shape and is recorded, exactly as `add` of its
+        parsed resource would have recorded it. False: nothing was recorded; parse the line and `add` it.
+        """
+        found = fast_reading(line, self._ctx.systems.rpm_activity_cs, self._ctx.tz)
+        if found is None:
+            return False
+        patient_id, row = found
+        acc = self._patients.get(patient_id)
+        if acc is None:
+            acc = self._patients[patient_id] = _PatientAcc()
+        acc.readings[row[ROW_ID]] = row
+        return True
 
     def add_bundle(self, bundle: object) -> None:
         """Read every `entry.resource` of a Bundle (searchset, collection, transaction, ...)."""

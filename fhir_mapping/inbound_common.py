@@ -123,7 +123,7 @@ def patient_of(resource: Json, field: str) -> tuple[str | None, str | None]:
     if element is None:
         return None, f"{field} is not a Reference"
     reference = element.get("reference")
-    if isinstance(reference, str) and (patient_id := _patient_id(reference)) is not None:
+    if isinstance(reference, str) and (patient_id := patient_reference_id(reference)) is not None:
         return patient_id, None
     reference = as_str(reference)
     if reference is None:
@@ -132,7 +132,7 @@ def patient_of(resource: Json, field: str) -> tuple[str | None, str | None]:
 
 
 @lru_cache(maxsize=_REFERENCE_CACHE)
-def _patient_id(reference: str) -> str | None:
+def patient_reference_id(reference: str) -> str | None:
     """The id of a Patient reference; None when `reference` is not one."""
     parts = split_reference(reference)
     return parts[1] if parts is not None and parts[0] == "Patient" else None

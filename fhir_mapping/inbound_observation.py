@@ -128,11 +128,11 @@ def _device_id(resource: Json) -> str | None:
     if element is None:
         return None
     reference = element.get("reference") if isinstance(element, dict) else None
-    return _device_reference(reference) if isinstance(reference, str) else ""
+    return device_reference_id(reference) if isinstance(reference, str) else ""
 
 
 @lru_cache(maxsize=4096)
-def _device_reference(raw: str) -> str:
+def device_reference_id(raw: str) -> str:
     """`_device_id` of a `device.reference` string (a patient's readings name the same few devices)."""
     reference = as_str(raw)
     if reference is None:

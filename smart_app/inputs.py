@@ -37,6 +37,10 @@ _TYPE_ORDER = (
 )
 
 
+# Offered each NDJSON line before it is parsed; True when it has read the line itself.
+LineTaker = Callable[[str], bool]
+
+
 @dataclass(frozen=True)
 class BadLine:
     """An input line or document that is not a JSON object."""
@@ -46,8 +50,12 @@ class BadLine:
     problem: str
 
 
-def iter_input(path: Path) -> Iterator[dict | BadLine]:
-    """Yield every resource (dict) in `path`, or a BadLine where a line cannot be read."""
+def iter_input(path: Path, take_line: LineTaker | None = None) -> Iterator[dict | BadLine]:
+    """Yield every resource (dict) in `path`, or a BadLine where a line cannot be read.
+
+    `take_line`, when given, is offered each NDJSON line first; a line it takes (returns True for) is not
+    parsed nor yielded (`InboundCollector.add_line`: device readings read straight from the line).
+    """
     if not path.exists():
         raise InputError(f"input not found: {path}")
     if path.is_dir():
@@ -58,9 +66,9 @@ def iter_input(path: Path) -> Iterator[dict | BadLine]:
         if not files:
             raise InputError(f"no .ndjson or .json files in directory {path}")
         for file in files:
-            yield from _iter_file(file)
+            yield from _iter_file(file, take_line)
         return
-    yield from _iter_file(path)
+    yield from _iter_file(path, take_line)
 
 
 def _bulk_order(path: Path) -> tuple[int, str]:
@@ -69,7 +77,7 @@ def _bulk_order(path: Path) -> tuple[int, str]:
     return rank, path.name
 
 
-def _iter_file(path: Path) -> Iterator[dict | BadLine]:
+def _iter_file(path: Path, take_line: LineTaker | None) -> Iterator[dict | BadLine]:
     try:
         handle = path.open("r", encoding="utf-8")
     except OSError as exc:
@@ -85,7 +93,7 @@ def _iter_file(path: Path) -> Iterator[dict | BadLine]:
             if path.suffix != ".ndjson" and _is_single_document(path):
                 yield from _iter_document(path)
                 return
-            yield from _iter_ndjson(handle, path.name)
+            yield from _iter_ndjson(handle, path.name, take_line)
         except UnicodeDecodeError:
             raise InputError(f"{path} is not UTF-8 text") from None
 
@@ -128,7 +136,7 @@ def _flatten(resource: dict, source: str, line: int) -> Iterator[dict | BadLine]
             yield BadLine(source, line, f"Bundle.entry[{index}] has no resource object")
 
 
-def _iter_ndjson(handle, name: str) -> Iterator[dict | BadLine]:  # type: ignore[no-untyped-def]
+def _iter_ndjson(handle, name: str, take_line: LineTaker | None) -> Iterator[dict | BadLine]:  # type: ignore[no-untyped-def]
     seen_any = False
     # orjson parses several times faster when it is installed. The json module stays the reference: a line
     # orjson refuses is read again by it, so what is accepted (NaN, huge integers, lone surrogates) and the
@@ -136,6 +144,9 @@ def _iter_ndjson(handle, name: str) -> Iterator[dict | BadLine]:  # type: ignore
     fast = _fast_loads or json.loads
     for number, line in enumerate(handle, start=1):
         if line.isspace() or not line:  # `not line.strip()`, without copying the line
+            continue
+        if take_line is not None and take_line(line):
+            seen_any = True
             continue
         try:
             try:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from fhir_mapping.fhirtime import FhirTimeError, Precision, duration_seconds, parse_time
+from fhir_mapping.fhirtime import FhirTimeError, Precision, duration_seconds, parse_moment, parse_time
 from fhir_mapping.issues import MappingError
 
 NY = ZoneInfo("America/New_York")
@@ -180,3 +181,65 @@ def test_duration_rejects(quantity: object, problem: str) -> None:
     with pytest.raises(MappingError) as raised:
         duration_seconds(quantity, "valueQuantity")
     assert problem in str(raised.value)
+
+
+# ------------------------------------------------------------------- parse_moment's fast paths agree
+
+
+def _reference_moment(value: object) -> tuple[str, object]:
+    try:
+        parsed = parse_time(value, NY, "f")
+    except FhirTimeError as err:
+        return "error", str(err)
+    return "ok", (parsed.moment, parsed.naive, parsed.moment.utcoffset())
+
+
+def _fast_moment(value: object) -> tuple[str, object]:
+    try:
+        moment, naive = parse_moment(value, NY, "f")
+    except FhirTimeError as err:
+        return "error", str(err)
+    return "ok", (moment, naive, moment.utcoffset())
+
+
+_SHAPES = (
+    "2026-02-01T07:54:53-05:00",
+    "2026-03-08T02:30:00-05:00",
+    "2026-11-01T01:30:00-04:00",
+    "2026-02-01T07:54:53Z",
+    "2026-02-01T07:54:53",
+    "2026-02-29T07:54:53Z",
+    "2026-02-01T24:00:00Z",
+    "2026-02-01T23:59:60-05:00",
+    "2026-02-01T07:54:53+14:00",
+    "2026-02-01T07:54:53+14:01",
+    "2026-02-01T07:54:53-05:60",
+    "2026-02-01T07:54:53+0500",
+    "2026-02-01T07:54:53.123456Z",
+    "2026-02-01T07:54:53.1234567+05:30",
+    "2026-02-01T07:54",
+    "2026-02-01",
+)
+
+
+def test_parse_moment_agrees_with_parse_time_on_mutated_values() -> None:
+    """parse_moment reads the common shapes without the tolerant parser: same instant, same offset, same
+    naive mark, same error, for the shapes above and 60,000 copies with one or two characters changed
+    (separators, digits out of range, non-ASCII digits, spaces, a lower-case z)."""
+    rng = random.Random(20261123)
+    alphabet = "0123456789-:T+Zz. \u0665\uff12"
+    values: list[object] = [*_SHAPES, None, 20260201, ""]
+    for _ in range(60_000):
+        chars = list(rng.choice(_SHAPES))
+        for _ in range(rng.randint(1, 2)):
+            chars[rng.randrange(len(chars))] = rng.choice(alphabet)
+        values.append("".join(chars))
+    differ = [v for v in values if _fast_moment(v) != _reference_moment(v)]
+    assert differ == []
+
+
+def test_parse_moment_shares_one_tzinfo_per_offset() -> None:
+    first, _ = parse_moment("2026-02-01T07:54:53-05:00", NY, "f")
+    second, _ = parse_moment("2026-02-02T08:00:00-05:00", NY, "f")
+    via_regex, _ = parse_moment("2026-02-02T08:00:00.5-05:00", NY, "f")
+    assert first.tzinfo is second.tzinfo is via_regex.tzinfo
