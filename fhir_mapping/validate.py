@@ -8,11 +8,13 @@ with a time but no offset; they do not check code enumerations.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fhir.resources.R4B import get_fhir_model_class
-from fhir.resources.R4B.resource import Resource
-from pydantic import ValidationError
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+# fhir.resources (pydantic models) is imported on the first validation, not with this module: the import
+# costs about 0.2 s of CPU, and a run that writes nothing (`compute` without --out) never validates.
 
 # How many individual problems a message lists before summarising the rest.
 MAX_PROBLEMS = 5
@@ -50,6 +52,10 @@ def validate_resource(resource: Mapping[str, Any]) -> None:
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str) or not rtype:
         raise OutboundValidationError("(unknown type)", label, "resourceType is missing")
+    from fhir.resources.R4B import get_fhir_model_class
+    from fhir.resources.R4B.resource import Resource
+    from pydantic import ValidationError
+
     try:
         model = get_fhir_model_class(rtype)
     except (KeyError, ValueError):

@@ -14,27 +14,31 @@ from collections.abc import Sequence
 
 from smart_app.errors import ExitCode, RpmBillingError
 
-COMMAND_MODULES = (
-    "smart_app.commands.compute",
-    "smart_app.commands.synth",
-    "smart_app.commands.sandbox",
-    "smart_app.commands.month_end",
-    "smart_app.commands.serve",
-    "smart_app.commands.try_app",
-    "smart_app.commands.demo",
-)
+# Command name -> its module. Only the module of the command being run is imported (the web app, the
+# sandbox and the FHIR models cost most of a second to import); `rpm-billing --help` imports them all.
+COMMANDS = {
+    "compute": "smart_app.commands.compute",
+    "synth": "smart_app.commands.synth",
+    "sandbox": "smart_app.commands.sandbox",
+    "month-end": "smart_app.commands.month_end",
+    "serve": "smart_app.commands.serve",
+    "try": "smart_app.commands.try_app",
+    "demo": "smart_app.commands.demo",
+}
+COMMAND_MODULES = tuple(COMMANDS.values())
 
 log = logging.getLogger("rpm_billing")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `command`, only that command's module is imported and registered."""
     parser = argparse.ArgumentParser(
         prog="rpm-billing",
         description="Remote Patient Monitoring billing from FHIR: compute, write back, launch from the EHR.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail (never tokens or PHI)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in [COMMANDS[command]] if command in COMMANDS else COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:  # a command not built yet must not break the others
@@ -46,8 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # The only option before the command is -v, which takes no value: the first other word is the command.
+    command = next((word for word in arguments if not word.startswith("-")), None)
+    parser = build_parser(command)
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -13,7 +13,7 @@ from fhir_mapping.canon import CANON
 from fhir_mapping.issues import SkippedResource
 from fhir_mapping.monthly_log import log_json, render_log_html
 from fhir_mapping.outbound import WriteSettings, charge_items, monthly_document
-from smart_app.pipeline import RunOptions, summary_row
+from smart_app.pipeline import RunOptions
 
 _COLUMNS = (
     ("patient", "Patient"),
@@ -63,49 +63,61 @@ def file_resources(
     return document, charges
 
 
-def write_month_outputs(
-    results: Sequence[MonthResult],
-    skipped: Sequence[SkippedResource],
-    out_dir: Path,
-    options: RunOptions,
-    *,
-    canon: str = CANON,
-    billing_practitioner: str | None = None,
-) -> None:
-    settings = WriteSettings(canon=canon, billing_practitioner=billing_practitioner)
-    logs = out_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with (
-        (out_dir / "ChargeItem.ndjson").open("w", encoding="utf-8") as charges_file,
-        (out_dir / "DocumentReference.ndjson").open("w", encoding="utf-8") as documents_file,
-    ):
-        for result in results:
-            document, charges = file_resources(result, settings)
-            documents_file.write(json.dumps(document, separators=(",", ":")) + "\n")
-            for charge in charges:
-                charges_file.write(json.dumps(charge, separators=(",", ":")) + "\n")
-            stem = _safe_name(f"{result.patient_id}-{result.month}")
-            (logs / f"{stem}.html").write_text(render_log_html(result), encoding="utf-8")
-            (logs / f"{stem}.json").write_text(
-                json.dumps(log_json(result), indent=2) + "\n", encoding="utf-8"
-            )
-    report = {
-        "month": str(options.month),
-        "asOf": options.as_of.isoformat(),
-        "policy": results[0].policy.label if results else options.policy().label,
-        "timezone": options.timezone,
-        "patients": [summary_row(r) for r in results],
-        "skipped": [
-            {
-                "resourceType": s.resource_type,
-                "id": s.resource_id,
-                "patient": s.patient_id,
-                "problem": s.problem,
-            }
-            for s in skipped
-        ],
-    }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+class MonthOutputs:
+    """The files of a file-mode run, written one patient at a time (a run never holds every patient's
+    result): ChargeItem.ndjson, DocumentReference.ndjson, logs/<patient>-<month>.html and .json, and at
+    `close` report.json."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        options: RunOptions,
+        *,
+        canon: str = CANON,
+        billing_practitioner: str | None = None,
+    ) -> None:
+        self._dir = out_dir
+        self._options = options
+        self._settings = WriteSettings(canon=canon, billing_practitioner=billing_practitioner)
+        self._logs = out_dir / "logs"
+        self._logs.mkdir(parents=True, exist_ok=True)
+        self._charges = (out_dir / "ChargeItem.ndjson").open("w", encoding="utf-8")
+        self._documents = (out_dir / "DocumentReference.ndjson").open("w", encoding="utf-8")
+
+    def add(self, result: MonthResult) -> None:
+        document, charges = file_resources(result, self._settings)
+        self._documents.write(json.dumps(document, separators=(",", ":")) + "\n")
+        for charge in charges:
+            self._charges.write(json.dumps(charge, separators=(",", ":")) + "\n")
+        stem = _safe_name(f"{result.patient_id}-{result.month}")
+        (self._logs / f"{stem}.html").write_text(render_log_html(result), encoding="utf-8")
+        (self._logs / f"{stem}.json").write_text(
+            json.dumps(log_json(result), indent=2) + "\n", encoding="utf-8"
+        )
+
+    def close(
+        self, rows: Sequence[Mapping[str, Any]], skipped: Sequence[SkippedResource], policy_label: str | None
+    ) -> None:
+        """Finish the NDJSON files and write report.json (`rows`: every patient's `summary_row`)."""
+        self._charges.close()
+        self._documents.close()
+        report = {
+            "month": str(self._options.month),
+            "asOf": self._options.as_of.isoformat(),
+            "policy": policy_label or self._options.policy().label,
+            "timezone": self._options.timezone,
+            "patients": list(rows),
+            "skipped": [
+                {
+                    "resourceType": s.resource_type,
+                    "id": s.resource_id,
+                    "patient": s.patient_id,
+                    "problem": s.problem,
+                }
+                for s in skipped
+            ],
+        }
+        (self._dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 def _safe_name(text: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,24 @@ def test_demo_runs_synth_then_compute(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "output" / "ChargeItem.ndjson").exists()
     assert len(list((tmp_path / "output" / "logs").glob("*.html"))) == 5
     shutil.rmtree(tmp_path / "output")
+
+
+def test_compute_imports_neither_the_web_app_nor_the_fhir_models(tmp_path: Path) -> None:
+    """Start-up cost: `compute` imports its own module only, and the pydantic FHIR models only with --out."""
+    probe = (
+        "import sys; from smart_app.cli import main; code = main(sys.argv[1:]); "
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'flask', 'authlib', 'fhir', 'pydantic'}); "
+        "print(code, ','.join(heavy) or '-', file=sys.stderr)"
+    )
+    base = ["compute", "--input", str(BUNDLE), "--month", "2026-03", "--as-of", AS_OF]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    runs = {
+        name: subprocess.run(
+            [sys.executable, "-c", probe, *base, *extra], capture_output=True, text=True, env=env, check=False
+        )
+        .stderr.strip()
+        .splitlines()[-1]
+        for name, extra in {"table": [], "files": ["--out", str(tmp_path / "out")]}.items()
+    }
+    assert runs["table"] == "0 -"
+    assert runs["files"] == "0 fhir,pydantic"

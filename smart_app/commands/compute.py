@@ -20,7 +20,7 @@ from fhir_mapping.inbound import InboundCollector
 from fhir_mapping.issues import SkippedResource
 from smart_app.errors import ExitCode
 from smart_app.inputs import BadLine, iter_input
-from smart_app.output import print_table, write_month_outputs
+from smart_app.output import MonthOutputs, print_table
 from smart_app.pipeline import RunOptions, evaluate, parse_as_of, parse_month, parse_settings, summary_row
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> ExitCode:
     options = options_from(args)
     collector = InboundCollector(timezone=options.timezone, canon=args.canon)
     bad_lines: list[BadLine] = []
-    for item in iter_input(args.input):
+    for item in iter_input(args.input, take_line=collector.add_line):
         if isinstance(item, BadLine):
             bad_lines.append(item)
         else:
@@ -102,38 +102,47 @@ def run(args: argparse.Namespace) -> ExitCode:
     skipped = [
         SkippedResource("?", "", f"{b.source} line {b.line}: {b.problem}") for b in bad_lines
     ] + skipped
-    results = [evaluate(patients[pid], options) for pid in sorted(patients)]
+    # One patient at a time: evaluate, write its files, keep only its table row.
+    outputs = None
     if args.out:
-        write_month_outputs(
-            results,
-            skipped,
-            args.out,
-            options,
-            canon=args.canon,
-            billing_practitioner=args.billing_practitioner,
+        outputs = MonthOutputs(
+            args.out, options, canon=args.canon, billing_practitioner=args.billing_practitioner
         )
-    _report(results, skipped, args.format, args.out)
+    rows: list[dict[str, Any]] = []
+    first: MonthResult | None = None
+    for pid in sorted(patients):
+        result = evaluate(patients[pid], options)
+        if first is None:
+            first = result
+        if outputs is not None:
+            outputs.add(result)
+        rows.append(summary_row(result))
+    if outputs is not None:
+        outputs.close(rows, skipped, first.policy.label if first else None)
+    _report(rows, first, skipped, args.format, args.out)
     return ExitCode.SKIPPED_RESOURCES if skipped else ExitCode.OK
 
 
 def _report(
-    results: Sequence[MonthResult], skipped: Sequence[SkippedResource], fmt: str, out: Path | None
+    rows: Sequence[dict[str, Any]],
+    first: MonthResult | None,
+    skipped: Sequence[SkippedResource],
+    fmt: str,
+    out: Path | None,
 ) -> None:
-    rows = [summary_row(r) for r in results]
     if fmt == "json":
         payload = {
             "patients": rows,
             "skipped": [_skipped_json(s) for s in skipped],
-            "policy": results[0].policy.label if results else None,
+            "policy": first.policy.label if first else None,
         }
         json.dump(payload, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
     print_table(rows, sys.stdout)
-    if results:
-        first = results[0]
+    if first:
         print(
-            f"\n{len(results)} patient(s), {first.month}, policy {first.policy.label}, "
+            f"\n{len(rows)} patient(s), {first.month}, policy {first.policy.label}, "
             f"time zone {first.timezone}"
         )
     if skipped:
