@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import NamedTuple
 
 from billing.model import Activity, ActivityKind, Party, PartyKind
 from billing.policy import Policy
@@ -109,6 +111,83 @@ def classify(activity: Activity, policy: Policy, in_chat_session: bool = False) 
     if activity.kind is ActivityKind.TIME_ENTRY:
         return _classify_time_entry(activity, policy)
     return _classify_communication(activity, policy, in_chat_session)
+
+
+class Traits(NamedTuple):
+    """An activity's classification with the other answers the engine needs about it (see `Classifier`)."""
+
+    classification: Classification
+    description: str  # describe(activity)
+    involves_ai: bool  # involves_ai(activity)
+    has_performer: bool  # a performer (time entry), else a staff or AI-system party
+
+
+class Classifier:
+    """`classify` for the activities of many months under one policy, each answer remembered per *shape*.
+
+    A classification, its texts and the traits are functions of the policy and of the fields of the activity
+    listed in `_shape` only: its kind, status, status reason, activity code, media, categories, content
+    topics, the kinds of its sender and recipients, whether it has performers, and whether it is in a live
+    chat session. Most activities share a handful of shapes, so most are answered by one dictionary look-up.
+    Whoever makes `classify`, `describe`, `involves_ai` or `has_performer` read another field of the
+    activity must add it to `_shape`.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        known = _TRAITS_BY_POLICY.get(policy)
+        if known is None:
+            if len(_TRAITS_BY_POLICY) >= 16:
+                _TRAITS_BY_POLICY.clear()
+            known = _TRAITS_BY_POLICY[policy] = {}
+        self._known = known
+
+    def traits(self, activity: Activity, in_chat_session: bool = False) -> Traits:
+        sender = activity.sender
+        shape = (
+            activity.kind,
+            activity.status,
+            activity.status_reason,
+            activity.activity_code,
+            activity.medium,
+            activity.categories,
+            activity.content,
+            None if sender is None else sender.kind,
+            tuple(map(_KIND, activity.recipients)),
+            bool(activity.performers),
+            in_chat_session,
+        )
+        try:
+            found = self._known.get(shape)
+        except TypeError:  # a field that is not hashable (not what the mapper builds): no remembering
+            return self._decide(activity, in_chat_session)
+        if found is None:
+            found = self._decide(activity, in_chat_session)
+            if len(self._known) >= _SHAPES_LIMIT:
+                self._known.clear()
+            self._known[shape] = found
+        return found
+
+    def _decide(self, activity: Activity, in_chat_session: bool) -> Traits:
+        return Traits(
+            classify(activity, self.policy, in_chat_session=in_chat_session),
+            describe(activity),
+            involves_ai(activity),
+            has_performer(activity),
+        )
+
+
+_KIND = attrgetter("kind")
+_TRAITS_BY_POLICY: dict[Policy, dict[tuple[object, ...], Traits]] = {}
+_SHAPES_LIMIT = 4096  # shapes per policy; emptied when full
+
+
+def has_performer(activity: Activity) -> bool:
+    """A time entry names a performer; a communication has a staff member or an AI system among its
+    parties."""
+    if activity.kind is ActivityKind.TIME_ENTRY:
+        return bool(activity.performers)
+    return any(p.kind.is_staff or p.kind is PartyKind.AI_SYSTEM for p in parties(activity))
 
 
 def _classify_time_entry(activity: Activity, policy: Policy) -> Classification:

@@ -14,10 +14,10 @@ from operator import attrgetter
 from typing import TypeVar
 
 from billing import codes as rules
-from billing.classify import chat_sessions, classify, describe, involves_ai, parties
+from billing.classify import Classifier, Traits, chat_sessions
 from billing.consent import Episode, InstantSpans, episodes
 from billing.minutes import MonthClock, activity_seconds
-from billing.model import Activity, ActivityKind, ConsentRecord, PartyKind, PatientRecords
+from billing.model import Activity, ConsentRecord, PatientRecords
 from billing.periods import Period, YearMonth, zone
 from billing.policy import Policy
 from billing.result import (
@@ -94,7 +94,8 @@ def evaluate_month(
             )
 
     # Device data
-    data = device_data(records.readings, records.devices, all_episodes, tz)
+    episode_spans = InstantSpans((e.start, e.end) for e in all_episodes)
+    data = device_data(records.readings, records.devices, all_episodes, tz, episode_spans)
     qualifying, skipped = data.qualifying, data.skipped
     first_day, last_day = month.first_day, month.last_day
     if len(all_episodes) == 1:
@@ -131,9 +132,9 @@ def evaluate_month(
     in_month = InstantSpans([(month_period.start, month_period.end)]).positions([t for _, t in timed])
     month_activities = sorted(
         (a for (a, _), position in zip(timed, in_month, strict=True) if position is not None),
-        key=lambda a: (a.start, a.id),
+        key=_START_THEN_ID,
     )
-    outcomes, total_seconds = _month_outcomes(month_activities, all_episodes, policy)
+    outcomes, traits, total_seconds = _month_outcomes(month_activities, episode_spans, policy)
     interactive = [o for o in outcomes if o.activity_class is ActivityClass.INTERACTIVE]
     attempts = [o for o in outcomes if o.attempt]
 
@@ -154,6 +155,7 @@ def evaluate_month(
         records,
         policy,
         outcomes,
+        traits,
         month_windows,
         relevant_qualifying,
         data,
@@ -206,16 +208,27 @@ def _within(spans: InstantSpans, items: Sequence[_Item]) -> list[_Item]:
     return [item for item, position in zip(items, found, strict=True) if position is not None]
 
 
+_START_THEN_ID = attrgetter("start", "id")  # (start, id) of an Activity
+
+
 def _month_outcomes(
-    activities: Sequence[Activity], all_episodes: Sequence[Episode], policy: Policy
-) -> tuple[list[ActivityOutcome], int]:
-    """Classify the month's activities and run the month clock over the ones whose time counts."""
+    activities: Sequence[Activity], episode_spans: InstantSpans, policy: Policy
+) -> tuple[list[ActivityOutcome], list[Traits | None], int]:
+    """Classify the month's activities and run the month clock over the ones whose time counts.
+
+    Also the traits of each classified activity (None for those never classified: another program's, or
+    outside consent), which the flags read.
+    """
     # Attributed to RPM and inside consent: decided once per activity.
-    in_force = _in_force(all_episodes, activities)
+    in_force = _in_force(episode_spans, activities)
     counted = [a.program in (None, "rpm") and ok for a, ok in zip(activities, in_force, strict=True)]
-    chat_ids = chat_sessions([a for a, ok in zip(activities, counted, strict=True) if ok], policy)
+    chat_ids: set[str] = set()
+    if policy.live_chat:  # chat_sessions finds none otherwise
+        chat_ids = chat_sessions([a for a, ok in zip(activities, counted, strict=True) if ok], policy)
+    classifier = Classifier(policy)
     clock = MonthClock()
     outcomes: list[ActivityOutcome] = []
+    all_traits: list[Traits | None] = []
     for activity, ok in zip(activities, counted, strict=True):
         if activity.program not in (None, "rpm"):
             outcomes.append(
@@ -226,6 +239,7 @@ def _month_outcomes(
                     clock.total_seconds,
                 )
             )
+            all_traits.append(None)
             continue
         if not ok:  # outside every consent episode
             outcomes.append(
@@ -237,8 +251,10 @@ def _month_outcomes(
                     in_consent=False,
                 )
             )
+            all_traits.append(None)
             continue
-        decision = classify(activity, policy, in_chat_session=activity.id in chat_ids)
+        traits = classifier.traits(activity, activity.id in chat_ids)
+        decision = traits.classification
         added = clock.add(activity) if decision.counts_minutes else 0
         outcomes.append(
             ActivityOutcome(
@@ -252,13 +268,14 @@ def _month_outcomes(
                 attempt=decision.attempt,
             )
         )
-    return outcomes, clock.total_seconds
+        all_traits.append(traits)
+    return outcomes, all_traits, clock.total_seconds
 
 
-def _in_force(all_episodes: Sequence[Episode], activities: Sequence[Activity]) -> list[bool]:
+def _in_force(episode_spans: InstantSpans, activities: Sequence[Activity]) -> list[bool]:
     """For each activity, whether a consent episode is in force at its start (`episode_at`, all at once)."""
     starts = [a.start for a in activities if a.start is not None]
-    positions = iter(InstantSpans((e.start, e.end) for e in all_episodes).positions(starts))
+    positions = iter(episode_spans.positions(starts))
     return [a.start is not None and next(positions) is not None for a in activities]
 
 
@@ -521,6 +538,7 @@ def _flags(
     records: PatientRecords,
     policy: Policy,
     outcomes: Sequence[ActivityOutcome],
+    traits: Sequence[Traits | None],
     month_windows: Sequence[SupplyWindow],
     relevant_qualifying: Sequence[QualifyingReading],
     data: DeviceData,
@@ -552,21 +570,23 @@ def _flags(
             )
     for reason, count in skipped_in_reach:
         found.flag("readings-skipped", f"{count} reading(s) skipped: {reason}")
-    for outcome in outcomes:
+    for outcome, known in zip(outcomes, traits, strict=True):
         activity = outcome.activity
         relevant_activity = outcome.in_consent and (
             outcome.counts_minutes or outcome.activity_class is ActivityClass.INTERACTIVE
         )
         if not relevant_activity:
             continue
+        if known is None:  # not classified here (every relevant activity is)
+            known = Classifier(policy).traits(activity)
         if activity_seconds(activity) is None:
             found.flag(
                 "missing-duration",
-                f"{activity.reference} ({describe(activity)}) has no duration: counted as 0 minutes",
+                f"{activity.reference} ({known.description}) has no duration: counted as 0 minutes",
             )
-        if not _has_performer(activity):
-            found.flag("missing-performer", f"{activity.reference} ({describe(activity)}) has no performer")
-        if outcome.activity_class is ActivityClass.INTERACTIVE and involves_ai(activity):
+        if not known.has_performer:
+            found.flag("missing-performer", f"{activity.reference} ({known.description}) has no performer")
+        if outcome.activity_class is ActivityClass.INTERACTIVE and known.involves_ai:
             found.flag("ai-contact", f"{activity.reference} was an AI-system contact: review before billing")
     for window in month_windows:
         if len(window.device_types) > 1:
@@ -631,9 +651,3 @@ def _covered_before(
         found = spans.positions(moments)
         early += [t for t, position in zip(moments, found, strict=True) if position is not None]
     return early
-
-
-def _has_performer(activity: Activity) -> bool:
-    if activity.kind is ActivityKind.TIME_ENTRY:
-        return bool(activity.performers)
-    return any(p.kind.is_staff or p.kind is PartyKind.AI_SYSTEM for p in parties(activity))

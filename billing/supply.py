@@ -65,16 +65,18 @@ def device_data(
     devices: Sequence[DeviceRecord],
     all_episodes: Sequence[Episode],
     tz: ZoneInfo,
+    episode_spans: InstantSpans | None = None,
 ) -> DeviceData:
     """`qualify_readings` in one pass over the readings (this runs for every reading of every month).
 
     For each reading, in this order: the reason it is skipped, else its consent episode, its local day and
     whether an earlier copy (same identifier) is kept instead. The result is sorted by (time, id) unless the
     readings came in that order (the mapper sorts them), which is checked on the way: then the survivors
-    are already in the order the sort would leave them.
+    are already in the order the sort would leave them. `episode_spans`: the episodes' InstantSpans, when
+    the caller has them.
     """
     rpm_devices = {d.id for d in devices if d.status != "entered-in-error"}
-    spans = InstantSpans((e.start, e.end) for e in all_episodes)
+    spans = InstantSpans((e.start, e.end) for e in all_episodes) if episode_spans is None else episode_spans
     single = len(all_episodes) == 1
     first_episode = all_episodes[0] if single else None
     skipped: list[SkippedReading] = []
