@@ -21,6 +21,7 @@ import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timezone, tzinfo
+from operator import attrgetter
 
 from billing.model import (
     Activity,
@@ -28,6 +29,7 @@ from billing.model import (
     DeviceRecord,
     ExistingCharge,
     PatientRecords,
+    Reading,
 )
 from billing.periods import zone
 from fhir_mapping.canon import CANON, CARE_PROGRAM_CODES
@@ -40,14 +42,7 @@ from fhir_mapping.inbound_communication import (
     map_communication,
 )
 from fhir_mapping.inbound_fast import fast_reading
-from fhir_mapping.inbound_observation import (
-    ROW_ID,
-    ROW_PROGRAM,
-    ROW_TIME,
-    ReadingRow,
-    map_observation,
-    readings_of,
-)
+from fhir_mapping.inbound_observation import map_observation
 from fhir_mapping.inbound_parties import PartyRow, party_of, party_row, resolve_party
 from fhir_mapping.inbound_records import (
     DeviceInfo,
@@ -84,7 +79,7 @@ class _PatientAcc:
     display_name: str | None = None
     consents: dict[str, ConsentRecord] = field(default_factory=dict)
     devices: dict[str, DeviceRecord] = field(default_factory=dict)
-    readings: dict[str, ReadingRow] = field(default_factory=dict)  # compact until the records are built
+    readings: dict[str, Reading] = field(default_factory=dict)
     time_entries: dict[str, Activity] = field(default_factory=dict)
     drafts: dict[str, tuple[object, ...]] = field(default_factory=dict)  # tuple(CommunicationDraft)
     charges: dict[str, ExistingCharge] = field(default_factory=dict)
@@ -154,11 +149,11 @@ class InboundCollector:
         found = fast_reading(line, self._ctx.systems.rpm_activity_cs, self._ctx.tz)
         if found is None:
             return False
-        patient_id, row = found
+        patient_id, reading = found
         acc = self._patients.get(patient_id)
         if acc is None:
             acc = self._patients[patient_id] = _PatientAcc()
-        acc.readings[row[ROW_ID]] = row
+        acc.readings[reading.id] = reading
         return True
 
     def add_bundle(self, bundle: object) -> None:
@@ -214,9 +209,9 @@ class InboundCollector:
         if mapped is None:
             return
         key = ident or f"#{next(self._unnamed)}"
-        if isinstance(mapped, tuple):
+        if isinstance(mapped, Reading):
             acc.readings[key] = mapped
-            program = mapped[ROW_PROGRAM]
+            program = mapped.program
         else:
             acc.time_entries[key] = mapped
             program = mapped.program
@@ -295,8 +290,8 @@ class InboundCollector:
         """Per-patient records (sorted, so the result does not depend on input order) and skipped resources.
 
         May be called more than once; it does not change what was collected, and what it returns does not
-        change when more is added later. A patient's readings become `Reading`s only when that patient's
-        records are read from the mapping (see PatientRecordsMap).
+        change when more is added later. A patient's records are built when they are read from the mapping
+        (see PatientRecordsMap).
         """
         skipped = list(self._skipped)
         parts: dict[str, _RecordParts] = {}
@@ -332,7 +327,7 @@ class InboundCollector:
             patient_id=patient_id,
             consents=tuple(sorted(acc.consents.values(), key=lambda c: (_order(c.start), c.id))),
             devices=tuple(sorted(acc.devices.values(), key=lambda d: d.id)),
-            reading_rows=tuple(acc.readings.values()),
+            readings=tuple(acc.readings.values()),
             time_entries=tuple(_time_entry_parties(entry, resolve) for entry in acc.time_entries.values()),
             communications=tuple(communications),
             charges=tuple(
@@ -374,13 +369,9 @@ def _activity_order(activity: Activity) -> tuple[tuple[bool, float], str, str]:
     return _order(activity.start), activity.resource_type, activity.id
 
 
-def _reading_order(row: ReadingRow) -> tuple[float, str]:
-    """`(_order(time), id)` for a reading, whose time is never unknown."""
-    moment = row[ROW_TIME]
-    epoch = _EPOCH_IN.get(moment.tzinfo)
-    if epoch is not None and epoch.tzinfo is moment.tzinfo:  # _timestamp's common case, inlined
-        return (moment - epoch).total_seconds(), row[ROW_ID]
-    return _timestamp(moment), row[ROW_ID]
+# Readings in time order, the same time in id order (aware datetimes compare as the instants they are,
+# whatever their offsets).
+_TIME_THEN_ID = attrgetter("time", "id")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -405,19 +396,20 @@ def _timestamp(moment: datetime) -> float:
 
 
 # A Communication as finish() leaves it: tuple(CommunicationDraft), its times, its resolved sender and
-# recipients. Plain values only (see ReadingRow): the Activity is built with the patient's records.
+# recipients. Plain values only (the garbage collector stops watching such a tuple): the Activity is built
+# with the patient's records.
 _FinishedCommunication = tuple[tuple[object, ...], CommunicationTimes, PartyRow | None, tuple[PartyRow, ...]]
 
 
 @dataclass(frozen=True, slots=True)
 class _RecordParts:
-    """One patient's records as `finish()` leaves them: final, but readings and Communications are still rows
-    (a month's worth of them for every patient at once would be most of the memory a run needs)."""
+    """One patient's records as `finish()` leaves them: final, but readings not yet sorted and Communications
+    still rows (a month's Activities for every patient at once would cost much of the memory a run needs)."""
 
     patient_id: str
     consents: tuple[ConsentRecord, ...]
     devices: tuple[DeviceRecord, ...]
-    reading_rows: tuple[ReadingRow, ...]  # in the order read; sorted when the records are built
+    readings: tuple[Reading, ...]  # in the order read; sorted when the records are built
     time_entries: tuple[_FinishedTimeEntry, ...]
     communications: tuple[_FinishedCommunication, ...]
     charges: tuple[ExistingCharge, ...]
@@ -425,7 +417,7 @@ class _RecordParts:
     extra_flags: tuple[str, ...]
 
     def records(self) -> PatientRecords:
-        rows = sorted(self.reading_rows, key=_reading_order)
+        readings = sorted(self.readings, key=_TIME_THEN_ID)
         activities = [_time_entry(entry) for entry in self.time_entries]
         for draft, times, sender, recipients in self.communications:
             activities.append(
@@ -436,7 +428,7 @@ class _RecordParts:
             patient_id=self.patient_id,
             consents=self.consents,
             devices=self.devices,
-            readings=readings_of(rows),
+            readings=tuple(readings),
             activities=tuple(activities),
             charges=self.charges,
             display_name=self.display_name,
@@ -447,8 +439,8 @@ class _RecordParts:
 class PatientRecordsMap(Mapping[str, PatientRecords]):
     """Patient id -> PatientRecords, in patient id order, built when read.
 
-    A month's readings are most of its data. They are kept as compact rows until one patient's records are
-    asked for, so evaluating patients one after another never holds every `Reading` of the month at once.
+    A patient's records are built (readings sorted, Communications made Activities) when that patient is
+    asked for, so evaluating patients one after another never holds every Activity of the month at once.
     Each read builds the records afresh (equal every time); nothing collected later changes them.
     """
 

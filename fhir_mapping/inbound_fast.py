@@ -4,7 +4,7 @@ Device readings are four in five of the resources a month-end reads. Parsing eac
 of everything (components, categories, meta) and then picking out the eight values a reading needs costs
 most of a run. Here msgspec decodes a line straight into small typed structs holding only those values
 (everything else in the line is checked to be valid JSON and skipped without building objects), and
-`fast_reading` turns them into the same `ReadingRow` the tolerant path (`inbound_observation._reading`)
+`fast_reading` turns them into the same `Reading` the tolerant path (`inbound_observation._reading`)
 builds.
 
 The fast path only ever says yes or "not mine": a line that is not an Observation, that has any element in an
@@ -23,9 +23,10 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from billing.model import Reading
 from fhir_mapping.fhirtime import parse_moment
 from fhir_mapping.inbound_common import patient_reference_id
-from fhir_mapping.inbound_observation import OBSERVATION_STATUSES, ReadingRow, device_reference_id
+from fhir_mapping.inbound_observation import OBSERVATION_STATUSES, device_reference_id, new_reading
 
 
 class _Coding(msgspec.Struct):
@@ -67,8 +68,8 @@ _DECODER = msgspec.json.Decoder(_Observation)
 _NOT_A_READING = None
 
 
-def fast_reading(line: str | bytes, rpm_activity_system: str, tz: ZoneInfo) -> tuple[str, ReadingRow] | None:
-    """(patient id, ReadingRow) of a device-reading Observation line in the common shape, else None.
+def fast_reading(line: str | bytes, rpm_activity_system: str, tz: ZoneInfo) -> tuple[str, Reading] | None:
+    """(patient id, Reading) of a device-reading Observation line in the common shape, else None.
 
     None means "read this line the usual way": nothing is decided here about it.
     """
@@ -119,22 +120,14 @@ def fast_reading(line: str | bytes, rpm_activity_system: str, tz: ZoneInfo) -> t
     else:
         device_ref = device.reference
         device_id = device_reference_id(device_ref) if isinstance(device_ref, str) else ""
-    system: str | None = None
-    identifier_value: str | None = None
+    dedupe_key: str | None = None
     for identifier in obs.identifier or ():
         id_system, id_value = identifier.system, identifier.value
         if isinstance(id_system, str) and isinstance(id_value, str):
             id_system, id_value = id_system.strip(), id_value.strip()
             if id_system and id_value:
-                system, identifier_value = sys.intern(id_system), id_value
+                dedupe_key = f"{id_system}|{id_value}"
                 break
-    return patient_id, (
-        ident,
-        moment,
-        device_id,
-        system,
-        identifier_value,
-        None,
-        naive,
-        sys.intern(display) if display else None,
+    return patient_id, new_reading(
+        (ident, moment, device_id, dedupe_key, None, naive, sys.intern(display) if display else None)
     )

@@ -7,10 +7,8 @@ decision; this module carries `device_id`, `program` and the dedupe `identifier`
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
-from dataclasses import fields
-from datetime import datetime, timedelta
-from functools import lru_cache
+from datetime import timedelta
+from functools import lru_cache, partial
 from typing import Final
 
 from billing.model import Activity, ActivityKind, Reading
@@ -34,37 +32,9 @@ from fhir_mapping.issues import MappingError, quote
 # Statuses of a result that exists; registered/cancelled/entered-in-error/unknown are ignored quietly.
 OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
 
-# A device reading as a row of plain values: `Reading`'s fields in its order, but the identifier kept as its
-# system (shared between readings) and its value; `readings_of` builds the `Reading`s. Readings are the bulk
-# of a month's data. A tuple of plain values is smaller than the dataclass and is dropped from the garbage
-# collector's watch, so the month's readings cost no collector time while the rest is read; the collector
-# builds the `Reading`s one patient at a time.
-ReadingRow = tuple[str, datetime, str | None, str | None, str | None, str | None, bool, str | None]
-ROW_ID: Final = 0
-ROW_TIME: Final = 1
-ROW_PROGRAM: Final = 5
-if tuple(f.name for f in fields(Reading)) != (
-    "id",
-    "time",
-    "device_id",
-    "identifier",
-    "program",
-    "naive_time",
-    "code_display",
-):  # pragma: no cover - guards the row layout against a change of the domain record
-    raise ImportError("billing.model.Reading changed: update ReadingRow in fhir_mapping.inbound_observation")
-
-
-def readings_of(rows: Iterable[ReadingRow]) -> tuple[Reading, ...]:
-    """The Readings of rows, in the rows' order."""
-    return tuple(
-        [
-            Reading(
-                ident, time, device, None if system is None else f"{system}|{value}", program, naive, shown
-            )
-            for ident, time, device, system, value, program, naive, shown in rows
-        ]
-    )
+# `Reading(...)` with its fields in order, without the named tuple's keyword-taking constructor: this builds
+# every device reading of a month.
+new_reading: Final = partial(tuple.__new__, Reading)
 
 
 def is_time_entry(resource: Json, ctx: MapContext) -> bool:
@@ -79,9 +49,8 @@ def is_time_entry(resource: Json, ctx: MapContext) -> bool:
     return False
 
 
-def map_observation(resource: Json, patient_id: str, ctx: MapContext) -> ReadingRow | Activity | None:
-    """A reading (as a ReadingRow) or a time-entry Activity; None for a status that is not a result (ignored
-    quietly)."""
+def map_observation(resource: Json, patient_id: str, ctx: MapContext) -> Reading | Activity | None:
+    """A Reading or a time-entry Activity; None for a status that is not a result (ignored quietly)."""
     status = resource.get("status")
     if not (isinstance(status, str) and status in OBSERVATION_STATUSES):  # a plain "final" needs no strip
         status = as_str(status)
@@ -94,9 +63,8 @@ def map_observation(resource: Json, patient_id: str, ctx: MapContext) -> Reading
     return _reading(resource, ctx)
 
 
-def _reading(resource: Json, ctx: MapContext) -> ReadingRow:
-    """A device reading as a ReadingRow. Each step reads the common shape directly; repeated strings are
-    shared."""
+def _reading(resource: Json, ctx: MapContext) -> Reading:
+    """A device reading. Each step reads the common shape directly; repeated strings are shared."""
     value = resource.get("effectiveDateTime")
     if value is not None:
         moment, naive = parse_moment(value, ctx.tz, "effectiveDateTime")
@@ -105,16 +73,16 @@ def _reading(resource: Json, ctx: MapContext) -> ReadingRow:
         moment, naive = start.moment, start.naive
     device_id = _device_id(resource)
     display = _code_display(resource)
-    system, value = _dedupe_key(resource) if "identifier" in resource else (None, None)
-    return (
-        as_str(resource.get("id")) or "",
-        moment,
-        device_id,
-        system,
-        value,
-        program_of(resource, ctx) if "extension" in resource else None,
-        naive,
-        sys.intern(display) if display else None,
+    return new_reading(
+        (
+            as_str(resource.get("id")) or "",
+            moment,
+            device_id,
+            _dedupe_key(resource) if "identifier" in resource else None,
+            program_of(resource, ctx) if "extension" in resource else None,
+            naive,
+            sys.intern(display) if display else None,
+        )
     )
 
 
@@ -141,8 +109,8 @@ def device_reference_id(raw: str) -> str:
     return sys.intern(parts[1] if parts is not None and parts[0] == "Device" else reference)
 
 
-def _dedupe_key(resource: Json) -> tuple[str, str] | tuple[None, None]:
-    """The first identifier with both system and value: the reading's dedupe key is "system|value"."""
+def _dedupe_key(resource: Json) -> str | None:
+    """The first identifier with both system and value, as the reading's dedupe key "system|value"."""
     for identifier in as_list(resource.get("identifier")):
         if not isinstance(identifier, dict):
             continue
@@ -150,8 +118,8 @@ def _dedupe_key(resource: Json) -> tuple[str, str] | tuple[None, None]:
         if isinstance(system, str) and isinstance(value, str):
             system, value = system.strip(), value.strip()
             if system and value:
-                return sys.intern(system), value
-    return None, None
+                return f"{system}|{value}"
+    return None
 
 
 def _code_display(resource: Json) -> str | None:
