@@ -9,9 +9,11 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timezone
+from functools import lru_cache
 from operator import attrgetter
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
+from zoneinfo import ZoneInfo
 
 from billing import codes as rules
 from billing.classify import Classifier, Traits, chat_sessions
@@ -47,6 +49,34 @@ from billing.supply import (
 PolicyForMonth = Callable[[YearMonth], Policy]
 
 
+class _MonthFrame(NamedTuple):
+    period: Period
+    spans: InstantSpans  # the month's period, asked about the activities' times
+    first_day: date
+    last_day: date
+
+
+@lru_cache(maxsize=64)
+def _month_frame(month: YearMonth, tz: ZoneInfo) -> _MonthFrame:
+    """The month's period and days in the zone, shared by every patient of a run (and the bounds of its
+    InstantSpans converted once per UTC offset for all of them)."""
+    period = month.period(tz)
+    return _MonthFrame(period, InstantSpans([(period.start, period.end)]), month.first_day, month.last_day)
+
+
+def _remembered(policy_for_month: PolicyForMonth) -> PolicyForMonth:
+    """`policy_for_month`, asked once per month during one evaluation (it is asked per window and charge)."""
+    known: dict[YearMonth, Policy] = {}
+
+    def policy_at(month: YearMonth) -> Policy:
+        policy = known.get(month)
+        if policy is None:
+            policy = known[month] = policy_for_month(month)
+        return policy
+
+    return policy_at
+
+
 class EngineError(ValueError):
     """The engine was called with inconsistent arguments (a programming error, not bad data)."""
 
@@ -79,8 +109,9 @@ def evaluate_month(
     if as_of.tzinfo is None:
         raise EngineError("as_of must be timezone-aware")
     tz = zone(policy.timezone)
-    month_period = month.period(tz)
-    policy_at = policy_for_month or (lambda _month: policy)
+    frame = _month_frame(month, tz)
+    month_period = frame.period
+    policy_at = _remembered(policy_for_month) if policy_for_month else (lambda _month: policy)
     found = _Findings([], [], [])
     pid = records.patient_id
 
@@ -97,7 +128,7 @@ def evaluate_month(
     episode_spans = InstantSpans((e.start, e.end) for e in all_episodes)
     data = device_data(records.readings, records.devices, all_episodes, tz, episode_spans)
     qualifying, skipped = data.qualifying, data.skipped
-    first_day, last_day = month.first_day, month.last_day
+    first_day, last_day = frame.first_day, frame.last_day
     if len(all_episodes) == 1:
         own_readings = [qualifying]
     else:
@@ -125,11 +156,12 @@ def evaluate_month(
             reach_start = window.period.start
     reach = (reach_start, month_period.end)
     relevant_qualifying = _readings_between(data, reach)
-    relevant_skipped = _within(InstantSpans([reach]), skipped)
+    # (Few readings are skipped: compared as they are, which is what InstantSpans does, only slower per item.)
+    relevant_skipped = [item for item in skipped if reach_start <= item.reading.time < month_period.end]
 
     # Activities of the month (by their start), in time order
     timed = [(a, a.start) for a in records.activities if a.start is not None]
-    in_month = InstantSpans([(month_period.start, month_period.end)]).positions([t for _, t in timed])
+    in_month = frame.spans.positions([t for _, t in timed])
     month_activities = sorted(
         (a for (a, _), position in zip(timed, in_month, strict=True) if position is not None),
         key=_START_THEN_ID,
@@ -557,10 +589,14 @@ def _flags(
     counted_times = [
         o.activity.start for o in outcomes if o.counts_minutes and o.in_consent and o.activity.start
     ]
+    # In time order (the month's activities are); totally ordered when all carry fixed UTC offsets.
+    times_fixed = all(type(t.tzinfo) is timezone for t in counted_times)
     for consent in records.consents:
         if consent.recorded is None or consent.revoked_without_end:
             continue
-        early = _covered_before(consent, consent.recorded, counted_times, relevant_qualifying, data)
+        early = _covered_before(
+            consent, consent.recorded, counted_times, times_fixed, relevant_qualifying, data
+        )
         if early:  # the earliest of them is the earliest moment the consent covers
             first = min(early)
             found.flag(
@@ -623,6 +659,7 @@ def _covered_before(
     consent: ConsentRecord,
     limit: datetime,
     activity_times: Sequence[datetime],
+    times_fixed: bool,
     readings: Sequence[QualifyingReading],
     data: DeviceData,
 ) -> list[datetime]:
@@ -632,22 +669,27 @@ def _covered_before(
     `consent_covering([consent], t)` for each moment, inlined, and only the moments before `limit` kept: the
     consent-after-first-use flag asks whether the earliest covered moment is before the consent's dateTime,
     which holds exactly when some covered moment is, and then the earliest of those is the earliest of all.
-    Keeping only those spares a `min` over every counted moment (slow over mixed UTC offsets). The readings
-    are in time order: when their times are totally ordered (`DeviceData.fixed_offsets`) the ones in the
-    span are a slice, found by bisection (usually empty: a consent is recorded before its first reading).
+    Keeping only those spares a `min` over every counted moment (slow over mixed UTC offsets). Both kinds of
+    moments are in time order: when their times are totally ordered (all with fixed offsets: `times_fixed`,
+    `DeviceData.fixed_offsets`) the ones in the span are a slice, found by bisection (usually empty: a
+    consent is recorded before the care it covers).
     """
     if consent.start is None or consent.revoked_without_end:
         return []
     end = limit if consent.end is None else min(consent.end, limit)
-    spans = InstantSpans([(consent.start, end)])
-    found = spans.positions(activity_times)
-    early = [t for t, position in zip(activity_times, found, strict=True) if position is not None]
+    span = (consent.start, end)
+    if times_fixed:
+        first = bisect_left(activity_times, consent.start)
+        early = list(activity_times[first : bisect_left(activity_times, end, lo=first)])
+    else:
+        found = InstantSpans([span]).positions(activity_times)
+        early = [t for t, position in zip(activity_times, found, strict=True) if position is not None]
     if data.fixed_offsets:
         first = bisect_left(readings, consent.start, key=_READING_TIME)
         last = bisect_left(readings, end, lo=first, key=_READING_TIME)
         early += [q.reading.time for q in readings[first:last]]
     else:
         moments = [q.reading.time for q in readings]
-        found = spans.positions(moments)
+        found = InstantSpans([span]).positions(moments)
         early += [t for t, position in zip(moments, found, strict=True) if position is not None]
     return early

@@ -148,6 +148,8 @@ class YearMonth:
 
     @classmethod
     def of(cls, day: date) -> YearMonth:
+        if cls is YearMonth:
+            return _year_month(day.year, day.month)
         return cls(day.year, day.month)
 
     def __str__(self) -> str:
@@ -162,7 +164,7 @@ class YearMonth:
         return self.next().first_day - timedelta(days=1)
 
     def next(self) -> YearMonth:
-        return YearMonth(self.year + self.month // 12, self.month % 12 + 1)
+        return _year_month(self.year + self.month // 12, self.month % 12 + 1)
 
     def previous(self) -> YearMonth:
         return YearMonth(self.year - (self.month == 1), (self.month - 2) % 12 + 1)
@@ -172,6 +174,12 @@ class YearMonth:
 
     def contains(self, day: date) -> bool:
         return (day.year, day.month) == (self.year, self.month)
+
+
+@lru_cache(maxsize=1024)
+def _year_month(year: int, month: int) -> YearMonth:
+    """YearMonth(year, month), shared (months are asked for per window; a rejected one raises every time)."""
+    return YearMonth(year, month)
 
 
 @dataclass(frozen=True)

@@ -218,22 +218,21 @@ def windows_of_episode(
     # window just found needs no division (days mostly come in order).
     count = (last_start - anchor).days // WINDOW_DAYS + 1
     window_days(anchor, count)  # the first window past the end, as the loop this replaces computed it
-    buckets: list[list[QualifyingReading]] = [[] for _ in range(count)]
+    buckets: list[list[Reading]] = [[] for _ in range(count)]
     day_sets: list[set[date]] = [set() for _ in range(count)]
     device_sets: list[set[str | None]] = [set() for _ in range(count)]
     first, last = window_days(anchor, 0)
     bucket, in_days, in_devices = buckets[0], day_sets[0], device_sets[0]
-    for q in own:
-        day = q.day
+    for reading, _, day in own:
         if not first <= day <= last:
             index = (day - anchor).days // WINDOW_DAYS
             if not 0 <= index < count:
                 continue
             first, last = window_days(anchor, index)
             bucket, in_days, in_devices = buckets[index], day_sets[index], device_sets[index]
-        bucket.append(q)
+        bucket.append(reading)
         in_days.add(day)
-        in_devices.add(q.reading.device_id)
+        in_devices.add(reading.device_id)
     windows: list[SupplyWindow] = []
     for index, in_window in enumerate(buckets):
         first, last = window_days(anchor, index)
@@ -248,7 +247,7 @@ def windows_of_episode(
                 data_days=tuple(sorted(day_sets[index])),
                 device_types=tuple(sorted({device_type.get(d or "", "unknown") for d in device_sets[index]})),
                 closed=period.is_closed(as_of),
-                reading_refs=tuple(["Observation/" + q.reading.id for q in in_window]),
+                reading_refs=tuple(["Observation/" + reading.id for reading in in_window]),
             )
         )
     return windows, device_sets
