@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -116,12 +117,16 @@ def child(mode: str, path: Path, month: str) -> None:
 
 
 def run_child(mode: str, path: Path, month: str) -> dict:
+    # Bytecode caching on, as an installed package has it (pip compiles the modules when it installs them):
+    # with PYTHONDONTWRITEBYTECODE set, every run would compile the project's modules from source.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--input", str(path), "--month", month],
         check=True,
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -229,3 +229,18 @@ def test_compute_imports_neither_the_web_app_nor_the_fhir_models(tmp_path: Path)
     }
     assert runs["table"] == "0 -"
     assert runs["files"] == "0 fhir,pydantic"
+
+
+def test_collector_paused_while_reading_and_restored_after() -> None:
+    import gc
+
+    from smart_app.commands.compute import records_kept_to_the_end
+
+    assert gc.isenabled()
+    with records_kept_to_the_end() as reading_done:
+        assert not gc.isenabled()
+        kept = [[] for _ in range(1000)]
+        reading_done()
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= len(kept)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
