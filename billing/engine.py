@@ -34,6 +34,7 @@ from billing.result import (
     MonthResult,
     NotBilled,
     SupplyWindow,
+    activity_outcome,
     charge_key,
 )
 from billing.supply import (
@@ -289,15 +290,15 @@ def _month_outcomes(
         decision = traits.classification
         added = clock.add(activity) if decision.counts_minutes else 0
         outcomes.append(
-            ActivityOutcome(
-                activity=activity,
-                activity_class=decision.activity_class,
-                reason=decision.reason,
-                counts_minutes=decision.counts_minutes,
-                minutes_reason=decision.minutes_reason,
-                added_seconds=added,
-                cumulative_seconds=clock.total_seconds,
-                attempt=decision.attempt,
+            activity_outcome(
+                activity,
+                decision.activity_class,
+                decision.reason,
+                decision.counts_minutes,
+                decision.minutes_reason,
+                added,
+                clock.total_seconds,
+                decision.attempt,
             )
         )
         all_traits.append(traits)
@@ -314,16 +315,16 @@ def _in_force(episode_spans: InstantSpans, activities: Sequence[Activity]) -> li
 def _not_counted(
     activity: Activity, reason: str, minutes_reason: str, running: int, in_consent: bool = True
 ) -> ActivityOutcome:
-    return ActivityOutcome(
-        activity=activity,
-        activity_class=ActivityClass.NON_INTERACTIVE,
-        reason=reason,
-        counts_minutes=False,
-        minutes_reason=minutes_reason,
-        added_seconds=0,
-        cumulative_seconds=running,
-        attempt=activity.status == "not-done",
-        in_consent=in_consent,
+    return activity_outcome(
+        activity,
+        ActivityClass.NON_INTERACTIVE,
+        reason,
+        False,
+        minutes_reason,
+        0,
+        running,
+        activity.status == "not-done",
+        in_consent,
     )
 
 
@@ -679,15 +680,18 @@ def _covered_before(
     end = limit if consent.end is None else min(consent.end, limit)
     span = (consent.start, end)
     if times_fixed:
-        first = bisect_left(activity_times, consent.start)
-        early = list(activity_times[first : bisect_left(activity_times, end, lo=first)])
+        early = []
+        if activity_times and activity_times[0] < end:
+            first = bisect_left(activity_times, consent.start)
+            early = list(activity_times[first : bisect_left(activity_times, end, lo=first)])
     else:
         found = InstantSpans([span]).positions(activity_times)
         early = [t for t, position in zip(activity_times, found, strict=True) if position is not None]
     if data.fixed_offsets:
-        first = bisect_left(readings, consent.start, key=_READING_TIME)
-        last = bisect_left(readings, end, lo=first, key=_READING_TIME)
-        early += [q.reading.time for q in readings[first:last]]
+        if readings and readings[0].reading.time < end:
+            first = bisect_left(readings, consent.start, key=_READING_TIME)
+            last = bisect_left(readings, end, lo=first, key=_READING_TIME)
+            early += [q.reading.time for q in readings[first:last]]
     else:
         moments = [q.reading.time for q in readings]
         found = InstantSpans([span]).positions(moments)

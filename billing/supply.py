@@ -166,6 +166,7 @@ def device_data(
 
 _TIME_THEN_ID = attrgetter("reading.time", "reading.id")  # (time, id) of a QualifyingReading
 _NO_ZONE = object()
+_OBSERVATION = "Observation/"
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -218,7 +219,7 @@ def windows_of_episode(
     # window just found needs no division (days mostly come in order).
     count = (last_start - anchor).days // WINDOW_DAYS + 1
     window_days(anchor, count)  # the first window past the end, as the loop this replaces computed it
-    buckets: list[list[Reading]] = [[] for _ in range(count)]
+    buckets: list[list[str]] = [[] for _ in range(count)]  # the ids of the window's readings
     day_sets: list[set[date]] = [set() for _ in range(count)]
     device_sets: list[set[str | None]] = [set() for _ in range(count)]
     first, last = window_days(anchor, 0)
@@ -230,7 +231,7 @@ def windows_of_episode(
                 continue
             first, last = window_days(anchor, index)
             bucket, in_days, in_devices = buckets[index], day_sets[index], device_sets[index]
-        bucket.append(reading)
+        bucket.append(reading.id)
         in_days.add(day)
         in_devices.add(reading.device_id)
     windows: list[SupplyWindow] = []
@@ -247,7 +248,7 @@ def windows_of_episode(
                 data_days=tuple(sorted(day_sets[index])),
                 device_types=tuple(sorted({device_type.get(d or "", "unknown") for d in device_sets[index]})),
                 closed=period.is_closed(as_of),
-                reading_refs=tuple(["Observation/" + reading.id for reading in in_window]),
+                reading_refs=tuple(map(_OBSERVATION.__add__, in_window)),
             )
         )
     return windows, device_sets
