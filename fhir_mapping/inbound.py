@@ -41,7 +41,7 @@ from fhir_mapping.inbound_communication import (
     communication_times,
     map_communication,
 )
-from fhir_mapping.inbound_fast import fast_reading
+from fhir_mapping.inbound_fast import fast_communication, fast_reading
 from fhir_mapping.inbound_observation import map_observation
 from fhir_mapping.inbound_parties import PartyRow, party_of, party_row, resolve_party
 from fhir_mapping.inbound_records import (
@@ -68,6 +68,9 @@ _OWNER_FIELD = {
     "Device": "patient",
     "RelatedPerson": "patient",
 }
+# How the resource type of an NDJSON line usually reads (see `add_line`).
+_OBSERVATION_MARK = '"Observation"'
+_COMMUNICATION_MARK = '"Communication"'
 # Resource types read only for a name to show in the log.
 _NAMED_TYPES = frozenset({"Practitioner", "Organization"})
 
@@ -140,21 +143,30 @@ class InboundCollector:
             problem = f"could not be read ({type(err).__name__}: {quote(str(err))})"
             self._skip(resource_type, ident, problem, patient_id)
 
-    def add_line(self, line: str | bytes) -> bool:
-        """Read one NDJSON line through the fast path for device readings (see `inbound_fast`).
+    def add_line(self, line: str) -> bool:
+        """Read one NDJSON line through the typed fast path (see `inbound_fast`).
 
-        True: the line was a device reading in the common shape and is recorded, exactly as `add` of its
-        parsed resource would have recorded it. False: nothing was recorded; parse the line and `add` it.
+        True: the line was a device reading or a Communication in the common shape and is recorded, exactly
+        as `add` of its parsed resource would have recorded it. False: nothing was recorded; parse the line
+        and `add` it.
         """
-        found = fast_reading(line, self._ctx.systems.rpm_activity_cs, self._ctx.tz)
-        if found is None:
-            return False
-        patient_id, reading = found
-        acc = self._patients.get(patient_id)
-        if acc is None:
-            acc = self._patients[patient_id] = _PatientAcc()
-        acc.readings[reading.id] = reading
-        return True
+        # Which decoder to try, from a glance at the text (the decoded resourceType decides).
+        if _OBSERVATION_MARK in line:
+            reading = fast_reading(line, self._ctx.systems.rpm_activity_cs, self._ctx.tz)
+            if reading is not None:
+                patient_id, found = reading
+                acc = self._patients.get(patient_id)
+                if acc is None:
+                    acc = self._patients[patient_id] = _PatientAcc()
+                acc.readings[found.id] = found
+                return True
+        if _COMMUNICATION_MARK in line:
+            communication = fast_communication(line, self._ctx)
+            if communication is not None:
+                patient_id, draft = communication
+                self._acc(patient_id).drafts[draft.id] = tuple(draft)  # as `_communication` stores it
+                return True
+        return False
 
     def add_bundle(self, bundle: object) -> None:
         """Read every `entry.resource` of a Bundle (searchset, collection, transaction, ...)."""

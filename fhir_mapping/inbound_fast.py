@@ -7,26 +7,31 @@ most of a run. Here msgspec decodes a line straight into small typed structs hol
 `fast_reading` turns them into the same `Reading` the tolerant path (`inbound_observation._reading`)
 builds.
 
-The fast path only ever says yes or "not mine": a line that is not an Observation, that has any element in an
-unexpected JSON type, an extension (care-program attribution), a status that needs reading tolerantly, a
-time entry's code, no effectiveDateTime string, a subject that is not a plain Patient reference, or that the
-tolerant path would report as a problem, is left to the caller, which parses it as before and gives it to
-`InboundCollector.add`. So what is accepted, how it is read and every error message stay those of the
-tolerant path; the fast path only decides sooner for lines that path would accept unchanged.
+The fast path only ever says yes or "not mine": a line with any element in an unexpected JSON type, a
+care-program attribution, contained resources, an id or status that needs reading tolerantly, a time
+entry's code, a reading without an effectiveDateTime string, a subject that is not a plain Patient
+reference, or anything the tolerant path would report as a problem or a finding, is left to the caller,
+which parses it as before and gives it to `InboundCollector.add`. So what is accepted, how it is read and
+every message stay those of the tolerant path; the fast path only decides sooner for lines that path would
+accept without a word.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
 
-from billing.model import Reading
+from billing.model import PartyKind, Reading
+from fhir_mapping.canon import COMMUNICATION_CATEGORY_CS, RPM_CONTENT_CODES
 from fhir_mapping.fhirtime import parse_moment
-from fhir_mapping.inbound_common import patient_reference_id
+from fhir_mapping.inbound_common import MapContext, as_str, patient_reference_id, split_reference
+from fhir_mapping.inbound_communication import PARTICIPATION_MODE_SYSTEMS, CommunicationDraft
 from fhir_mapping.inbound_observation import OBSERVATION_STATUSES, device_reference_id, new_reading
+from fhir_mapping.inbound_parties import PartyRow, referenced_party
 
 
 class _Coding(msgspec.Struct):
@@ -42,6 +47,7 @@ class _Code(msgspec.Struct):
 
 class _Reference(msgspec.Struct):
     reference: Any = None
+    display: Any = None
 
 
 class _Identifier(msgspec.Struct):
@@ -64,7 +70,49 @@ class _Observation(msgspec.Struct, rename="camel"):
     extension: Any = msgspec.UNSET
 
 
+class _Period(msgspec.Struct):
+    start: Any = None
+    end: Any = None
+
+
+class _Extension(msgspec.Struct, rename="camel"):
+    url: Any = None
+    value_period: _Period | None = None
+    value_coding: _Coding | None = None
+
+
+class _Payload(msgspec.Struct, rename="camel"):
+    content_string: Any = None
+
+
+class _Annotation(msgspec.Struct):
+    text: Any = None
+
+
+class _Communication(msgspec.Struct, rename="camel"):
+    """The elements of a Communication its draft needs; `contained` only to see that there is none."""
+
+    resource_type: Any = None
+    id: Any = None
+    status: Any = None
+    subject: _Reference | None = None
+    extension: list[_Extension] | None = None
+    contained: Any = None
+    medium: list[_Code] | None = None
+    category: list[_Code] | None = None
+    sender: _Reference | None = None
+    recipient: list[_Reference] | None = None
+    sent: Any = None
+    status_reason: _Code | None = None
+    topic: _Code | None = None
+    reason_code: list[_Code] | None = None
+    encounter: _Reference | None = None
+    payload: list[_Payload] | None = None
+    note: list[_Annotation] | None = None
+
+
 _DECODER = msgspec.json.Decoder(_Observation)
+_COMMUNICATION_DECODER = msgspec.json.Decoder(_Communication)
 _NOT_A_READING = None
 
 
@@ -131,3 +179,125 @@ def fast_reading(line: str | bytes, rpm_activity_system: str, tz: ZoneInfo) -> t
     return patient_id, new_reading(
         (ident, moment, device_id, dedupe_key, None, naive, sys.intern(display) if display else None)
     )
+
+
+def fast_communication(line: str | bytes, ctx: MapContext) -> tuple[str, CommunicationDraft] | None:
+    """(patient id, draft) of a Communication line in the common shape; None: read it the usual way."""
+    try:
+        comm = _COMMUNICATION_DECODER.decode(line)
+    except (msgspec.DecodeError, UnicodeError):
+        return None
+    try:
+        return _communication_draft(comm, ctx)
+    except Exception:  # _NotCommon, or a problem reported in its own words by the tolerant path
+        return None
+
+
+class _NotCommon(Exception):
+    """The line is not in the common shape: the tolerant path reads it."""
+
+
+def _communication_draft(comm: _Communication, ctx: MapContext) -> tuple[str, CommunicationDraft]:
+    if comm.resource_type != "Communication" or comm.contained is not None:
+        raise _NotCommon
+    ident = comm.id
+    if not (isinstance(ident, str) and ident and not ident[0].isspace() and not ident[-1].isspace()):
+        raise _NotCommon
+    status = as_str(comm.status)
+    if status is None or status == "entered-in-error":
+        raise _NotCommon
+    subject = comm.subject
+    reference = subject.reference if subject is not None else None
+    patient_id = patient_reference_id(reference) if isinstance(reference, str) else None
+    if patient_id is None:
+        raise _NotCommon
+    systems = ctx.systems
+    period_start = period_end = None
+    for extension in comm.extension or ():
+        url = extension.url
+        if url == systems.care_program_ext:
+            raise _NotCommon  # an attribution: read (and checked) by the tolerant path
+        if url == systems.activity_period_ext and period_start is None:
+            period = extension.value_period
+            if period is None or period.start is None:
+                raise _NotCommon
+            period_start = parse_moment(period.start, ctx.tz, "activity-period start")
+            if period.end is not None:
+                period_end = parse_moment(period.end, ctx.tz, "activity-period end")
+                if period_end[0] < period_start[0]:
+                    raise _NotCommon
+    sent = None if comm.sent is None else parse_moment(comm.sent, ctx.tz, "sent")
+    encounter_key = None
+    if comm.encounter is not None and (encounter := as_str(comm.encounter.reference)) is not None:
+        parts = split_reference(encounter)
+        if encounter.startswith("#") or parts is None or parts[0] != "Encounter":
+            raise _NotCommon
+        encounter_key = f"Encounter/{parts[1]}"
+    medium: list[str] = []
+    for concept in comm.medium or ():
+        for coding in concept.coding or ():
+            code = as_str(coding.code)
+            if code and coding.system in PARTICIPATION_MODE_SYSTEMS and code not in medium:
+                medium.append(sys.intern(code))
+    categories = _codes(comm.category or (), COMMUNICATION_CATEGORY_CS)
+    sender = _party(comm.sender, patient_id) if comm.sender is not None else None
+    recipients = tuple(_party(r, patient_id) for r in comm.recipient or ())
+    content = _codes([comm.topic] if comm.topic is not None else (), systems.rpm_content_cs)
+    for code in _codes(comm.reason_code or (), systems.rpm_content_cs):
+        if code not in content:
+            content.append(code)
+    if any(code not in RPM_CONTENT_CODES for code in content):
+        raise _NotCommon  # the tolerant path drops it with a finding
+    notes = [text for item in comm.payload or () if (text := as_str(item.content_string))]
+    notes += [text for item in comm.note or () if (text := as_str(item.text))]
+    return patient_id, CommunicationDraft(
+        id=ident,
+        status=sys.intern(status),
+        medium=tuple(medium),
+        categories=tuple(categories),
+        sender=sender,
+        recipients=recipients,
+        sent=sent,
+        status_reason=_status_reason(comm.status_reason),
+        content=tuple(content),
+        encounter_ref=encounter_key,
+        program=None,
+        notes=tuple(notes),
+        period_start=period_start,
+        period_end=period_end,
+        encounter_key=encounter_key,
+        contained_encounter=None,
+    )
+
+
+def _codes(concepts: Iterable[_Code], system: str) -> list[str]:
+    """`inbound_common.codes` over typed concepts: codes under `system`, in order, without repeats."""
+    found: list[str] = []
+    for concept in concepts:
+        for coding in concept.coding or ():
+            code = as_str(coding.code)
+            if coding.system == system and code is not None and code not in found:
+                found.append(sys.intern(code))
+    return found
+
+
+def _party(element: _Reference, patient_id: str) -> PartyRow:
+    """`inbound_parties.provisional_party` of a Reference without contained resources."""
+    display = as_str(element.display)
+    reference = as_str(element.reference)
+    if reference is None:
+        return PartyKind.UNKNOWN.value, "", display
+    if reference.startswith("#"):
+        raise _NotCommon
+    return referenced_party(reference, display, patient_id)
+
+
+def _status_reason(concept: _Code | None) -> str | None:
+    """`inbound_communication._status_reason`: the first code, else the text."""
+    if concept is None:
+        return None
+    for coding in concept.coding or ():
+        code = as_str(coding.code)
+        if code:
+            return sys.intern(code)
+    return as_str(concept.text)

@@ -50,13 +50,13 @@ def provisional_party(element: object, patient_id: str, contained: Mapping[str, 
         return PartyKind.UNKNOWN.value, "", display
     if reference.startswith("#"):
         return _contained_party(reference, contained.get(reference[1:]), patient_id, display)
-    return _referenced_party(reference, display, patient_id)
+    return referenced_party(reference, display, patient_id)
 
 
 # The same few parties (the patient, the care team) take part in most of a patient's Communications: one
 # shared row each. Bounded.
 @lru_cache(maxsize=4096)
-def _referenced_party(reference: str, display: str | None, patient_id: str) -> PartyRow:
+def referenced_party(reference: str, display: str | None, patient_id: str) -> PartyRow:
     parts = split_reference(reference)
     if parts is None:
         return PartyKind.UNKNOWN.value, reference, display

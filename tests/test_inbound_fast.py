@@ -29,9 +29,63 @@ READING: dict[str, Any] = {
 }
 
 
-def variant(changes: dict[str, Any]) -> str:
-    resource = {k: v for k, v in {**READING, **changes}.items() if v is not DROP}
+ACTIVITY_PERIOD = f"{CANON}/StructureDefinition/activity-period"
+CARE_PROGRAM = f"{CANON}/StructureDefinition/care-program"
+RPM_CONTENT = f"{CANON}/CodeSystem/rpm-content"
+MODE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode"
+CALL: dict[str, Any] = {
+    "resourceType": "Communication",
+    "id": "call1",
+    "extension": [
+        {"url": "urn:other", "valueString": "x"},
+        {
+            "url": ACTIVITY_PERIOD,
+            "valuePeriod": {"start": "2026-03-12T14:01:16-04:00", "end": "2026-03-12T14:11:15-04:00"},
+        },
+    ],
+    "status": "completed",
+    "category": [
+        {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/communication-category",
+                    "code": "notification",
+                }
+            ]
+        }
+    ],
+    "medium": [{"coding": [{"system": MODE, "code": "PHONE"}, {"system": MODE, "code": "PHONE"}]}],
+    "subject": {"reference": "Patient/p1"},
+    "topic": {"coding": [{"system": RPM_CONTENT, "code": "physiologic-data"}]},
+    "reasonCode": [{"coding": [{"system": RPM_CONTENT, "code": "care-plan"}]}],
+    "sent": "2026-03-12T14:01:16-04:00",
+    "recipient": [{"reference": "Patient/p1"}, {"reference": "RelatedPerson/rp1", "display": "Daughter"}],
+    "sender": {"reference": "Practitioner/nurse1"},
+    "payload": [{"contentString": "Discussed the trend."}, {"contentAttachment": {"title": "x"}}],
+    "note": [{"text": "  Escalated.  "}],
+}
+RELATED = {
+    "resourceType": "RelatedPerson",
+    "id": "rp1",
+    "patient": {"reference": "Patient/p1"},
+    "relationship": [{"text": "daughter"}],
+}
+ENCOUNTER = {
+    "resourceType": "Encounter",
+    "id": "enc1",
+    "status": "finished",
+    "subject": {"reference": "Patient/p1"},
+    "period": {"start": "2026-03-12T14:00:00-04:00", "end": "2026-03-12T14:21:00-04:00"},
+}
+
+
+def variant(changes: dict[str, Any], base: dict[str, Any] = READING) -> str:
+    resource = {k: v for k, v in {**base, **changes}.items() if v is not DROP}
     return json.dumps(resource)
+
+
+def call(changes: dict[str, Any]) -> str:
+    return variant(changes, CALL)
 
 
 def finished(collector: InboundCollector) -> tuple[object, object]:
@@ -39,9 +93,15 @@ def finished(collector: InboundCollector) -> tuple[object, object]:
     return {pid: patients[pid] for pid in patients}, skipped
 
 
-def both_ways(lines: list[str]) -> tuple[tuple[object, object], tuple[object, object], list[bool]]:
-    """(records read with the fast path first, records read by `add` only, which lines the fast path took)."""
+def both_ways(
+    lines: list[str], context: tuple[dict[str, Any], ...] = ()
+) -> tuple[tuple[object, object], tuple[object, object], list[bool]]:
+    """(records read with the fast path first, records read by `add` only, which lines the fast path took);
+    `context` resources (an Encounter, a RelatedPerson) are added to both first."""
     fast, tolerant, taken = InboundCollector(), InboundCollector(), []
+    for resource in context:
+        fast.add(resource)
+        tolerant.add(resource)
     for line in lines:
         took = fast.add_line(line)
         taken.append(took)
@@ -112,7 +172,7 @@ def both_ways(lines: list[str]) -> tuple[tuple[object, object], tuple[object, ob
         pytest.param({"identifier": {"system": "urn:gw", "value": "R-1"}}, False, id="identifier-not-array"),
         pytest.param({"identifier": ["R-1"]}, False, id="identifier-not-an-object"),
         pytest.param({"device": "Device/dev1"}, False, id="device-not-an-object"),
-        pytest.param({"resourceType": "Communication"}, False, id="not-an-observation"),
+        pytest.param({"resourceType": "Device"}, False, id="not-an-observation"),
     ],
 )
 def test_fast_path_reads_exactly_what_add_reads(changes: dict[str, Any], taken: bool) -> None:
@@ -167,3 +227,109 @@ def test_iter_input_offers_each_line_and_numbers_bad_lines_as_before(tmp_path: P
     assert isinstance(items[0], BadLine) and items[0].line == 3
     assert isinstance(items[1], dict) and items[1]["status"] == " final "
     assert len(items) == 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "taken"),
+    [
+        pytest.param({}, True, id="common-shape"),
+        pytest.param({"extension": DROP}, True, id="no-activity-period"),
+        pytest.param({"extension": None}, True, id="extension-null"),
+        pytest.param({"extension": DROP, "sent": DROP}, True, id="no-time-skipped-at-finish"),
+        pytest.param({"extension": DROP, "encounter": {"reference": "Encounter/enc1"}}, True, id="encounter"),
+        pytest.param({"encounter": {"reference": "Encounter/missing"}}, True, id="encounter-not-found-noted"),
+        pytest.param({"encounter": {"display": "a visit"}}, True, id="encounter-display-only"),
+        pytest.param(
+            {"status": " not-done ", "statusReason": {"text": "no answer"}}, True, id="status-padded"
+        ),
+        pytest.param({"status": "in-progress"}, True, id="other-status-kept"),
+        pytest.param(
+            {"statusReason": {"coding": [{"code": " "}, {"code": "recipient-unavailable"}]}},
+            True,
+            id="status-reason-first-code",
+        ),
+        pytest.param({"sender": {"display": "Front desk"}}, True, id="sender-display-only"),
+        pytest.param({"sender": {"reference": "Device/ai1"}}, True, id="sender-device-resolved-later"),
+        pytest.param({"recipient": []}, True, id="no-recipient"),
+        pytest.param(
+            {"medium": [{"coding": [{"system": "urn:oid:2.16.840.1.113883.5.1064", "code": "VIDEOCONF"}]}]},
+            True,
+            id="medium-oid",
+        ),
+        pytest.param({"topic": DROP, "reasonCode": DROP}, True, id="no-content"),
+        pytest.param(
+            {"topic": {"coding": [{"system": RPM_CONTENT, "code": "gossip"}]}}, False, id="unknown-content"
+        ),
+        pytest.param({"topic": [{"coding": []}]}, False, id="topic-array"),
+        pytest.param({"status": "entered-in-error"}, False, id="entered-in-error"),
+        pytest.param({"status": DROP}, False, id="no-status"),
+        pytest.param({"id": " call1"}, False, id="id-padded"),
+        pytest.param({"id": DROP}, False, id="no-id"),
+        pytest.param({"subject": {"reference": "Group/g"}}, False, id="subject-not-patient"),
+        pytest.param({"contained": [{"resourceType": "Encounter", "id": "e"}]}, False, id="contained"),
+        pytest.param({"encounter": {"reference": "#e"}}, False, id="contained-encounter"),
+        pytest.param({"encounter": {"reference": "Procedure/x"}}, False, id="encounter-wrong-type"),
+        pytest.param({"sender": {"reference": "#x"}}, False, id="contained-sender"),
+        pytest.param({"sender": "Practitioner/nurse1"}, False, id="sender-not-an-object"),
+        pytest.param({"recipient": {"reference": "Patient/p1"}}, False, id="recipient-not-an-array"),
+        pytest.param({"sent": "2026-03-12"}, True, id="sent-date-only"),
+        pytest.param({"sent": "yesterday"}, False, id="sent-invalid"),
+        pytest.param(
+            {"extension": [{"url": ACTIVITY_PERIOD, "valuePeriod": {"end": "2026-03-12T14:11:15-04:00"}}]},
+            False,
+            id="activity-period-without-start",
+        ),
+        pytest.param(
+            {
+                "extension": [
+                    {
+                        "url": ACTIVITY_PERIOD,
+                        "valuePeriod": {
+                            "start": "2026-03-12T14:11:15-04:00",
+                            "end": "2026-03-12T14:01:15-04:00",
+                        },
+                    }
+                ]
+            },
+            False,
+            id="activity-period-backwards",
+        ),
+        pytest.param(
+            {"extension": [{"url": CARE_PROGRAM, "valueCoding": {"code": "ccm"}}]}, False, id="care-program"
+        ),
+        pytest.param({"extension": [{"url": "urn:x", "valuePeriod": "junk"}]}, False, id="odd-extension"),
+    ],
+)
+def test_communication_fast_path_reads_exactly_what_add_reads(changes: dict[str, Any], taken: bool) -> None:
+    fast, tolerant, took = both_ways([call(changes)], context=(RELATED, ENCOUNTER))
+    assert fast == tolerant
+    assert took == [taken]
+
+
+def test_communication_random_damage_never_makes_the_paths_differ() -> None:
+    rng = random.Random(11)
+    junk: list[Any] = [
+        None,
+        "",
+        " x ",
+        0,
+        True,
+        [],
+        {},
+        ["x"],
+        [{}],
+        {"reference": "Patient/p1"},
+        "#c",
+        [{"coding": [{"system": MODE, "code": "EMAILWRIT"}]}],
+        {"text": "t"},
+    ]
+    keys = [k for k in CALL if k != "resourceType"] + ["encounter", "statusReason", "contained"]
+    lines = []
+    for number in range(2_000):
+        changes: dict[str, Any] = {"id": f"call{number}"}
+        for key in rng.sample(keys, rng.randint(1, 3)):
+            changes[key] = rng.choice([DROP, *junk])
+        lines.append(call(changes))
+    fast, tolerant, took = both_ways(lines, context=(RELATED, ENCOUNTER))
+    assert fast == tolerant
+    assert 0 < sum(took) < len(took)
