@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import overload
 
 from billing.model import ConsentRecord
@@ -30,10 +31,9 @@ def usable_consents(consents: Iterable[ConsentRecord]) -> list[ConsentRecord]:
 
 def episodes(consents: Iterable[ConsentRecord]) -> tuple[Episode, ...]:
     """Merge overlapping or touching consent intervals into episodes, in time order."""
-    spans = sorted(
-        ((c.start, c.end, c.id) for c in usable_consents(consents) if c.start is not None),
-        key=lambda span: span[0],
-    )
+    spans = [(c.start, c.end, c.id) for c in usable_consents(consents) if c.start is not None]
+    if len(spans) > 1:
+        spans.sort(key=_START)
     merged: list[tuple[datetime, datetime | None, list[str]]] = []
     for start, end, consent_id in spans:
         if merged:
@@ -47,6 +47,9 @@ def episodes(consents: Iterable[ConsentRecord]) -> tuple[Episode, ...]:
         Episode(index=i, start=start, end=end, consent_ids=tuple(ids))
         for i, (start, end, ids) in enumerate(merged)
     )
+
+
+_START = itemgetter(0)
 
 
 class InstantSpans:

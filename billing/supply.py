@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from operator import attrgetter
@@ -92,7 +91,8 @@ def device_data(
     fixed_offsets = True
     any_naive = False
     in_order = True
-    previous: Reading | None = None
+    previous_time = _NEVER  # (time, id) of the previous reading that got this far
+    previous_id = ""
     with_identifier = without_identifier = False
     for reading in readings:
         # Why a reading does not count, in this order.
@@ -130,12 +130,13 @@ def device_data(
             else:
                 skipped.append(SkippedReading(reading, SKIP_OUTSIDE_CONSENT))
                 continue
-        # (time, id) order of the readings that reach this point, as `qualifying.sort` compares them.
-        if previous is not None and in_order:
-            earlier = previous.time
-            if moment < earlier or (moment == earlier and reading.id < previous.id):
+        # (time, id) order of the readings that reach this point, as `qualifying.sort` compares them (the
+        # first is compared with _NEVER, earlier than any time).
+        if in_order:
+            if moment < previous_time or (moment == previous_time and reading.id < previous_id):
                 in_order = False
-        previous = reading
+            previous_time = moment
+            previous_id = reading.id
         if reading.naive_time:
             any_naive = True
         hours = days.get(moment.toordinal())
@@ -255,7 +256,9 @@ def windows_of_episode(
 
 
 def skipped_counts(skipped: Iterable[SkippedReading]) -> tuple[tuple[str, int], ...]:
-    counts = Counter(s.reason for s in skipped)
+    counts: dict[str, int] = {}  # (a Counter costs more to set up than a month's few skipped readings)
+    for item in skipped:
+        counts[item.reason] = counts.get(item.reason, 0) + 1
     return tuple(sorted(counts.items()))
 
 
