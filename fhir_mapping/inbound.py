@@ -84,7 +84,7 @@ class _PatientAcc:
     devices: dict[str, DeviceRecord] = field(default_factory=dict)
     readings: dict[str, Reading] = field(default_factory=dict)
     time_entries: dict[str, Activity] = field(default_factory=dict)
-    drafts: dict[str, tuple[object, ...]] = field(default_factory=dict)  # tuple(CommunicationDraft)
+    drafts: dict[str, CommunicationDraft] = field(default_factory=dict)
     charges: dict[str, ExistingCharge] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
 
@@ -164,7 +164,7 @@ class InboundCollector:
             communication = fast_communication(line, self._ctx)
             if communication is not None:
                 patient_id, draft = communication
-                self._acc(patient_id).drafts[draft.id] = tuple(draft)  # as `_communication` stores it
+                self._acc(patient_id).drafts[draft.id] = draft
                 return True
         return False
 
@@ -237,7 +237,7 @@ class InboundCollector:
         acc = self._acc(patient_id)
         acc.flags.extend(notes)
         if draft is not None:
-            acc.drafts[self._key(ident)] = tuple(draft)  # a plain tuple: see CommunicationDraft
+            acc.drafts[self._key(ident)] = draft
             self._check_program(acc, f"Communication/{ident}", draft.program)
 
     def _charge_item(self, resource: Json, ident: str, patient_id: str | None, problem: str | None) -> None:
@@ -324,8 +324,7 @@ class InboundCollector:
             return found
 
         communications: list[_FinishedCommunication] = []
-        for row in acc.drafts.values():
-            draft = CommunicationDraft._make(row)
+        for draft in acc.drafts.values():
             try:
                 times = communication_times(draft, self._encounters, flags)
             except MappingError as err:
@@ -334,7 +333,7 @@ class InboundCollector:
                 flags.append(str(late))
                 continue
             sender = resolve(draft.sender) if draft.sender is not None else None
-            communications.append((row, times, sender, tuple(resolve(p) for p in draft.recipients)))
+            communications.append((draft, times, sender, tuple([resolve(p) for p in draft.recipients])))
         return _RecordParts(
             patient_id=patient_id,
             consents=tuple(sorted(acc.consents.values(), key=lambda c: (_order(c.start), c.id))),
@@ -384,6 +383,7 @@ def _activity_order(activity: Activity) -> tuple[tuple[bool, float], str, str]:
 # Readings in time order, the same time in id order (aware datetimes compare as the instants they are,
 # whatever their offsets).
 _TIME_THEN_ID = attrgetter("time", "id")
+_START_TYPE_ID = attrgetter("start", "resource_type", "id")  # `_activity_order` when every start is known
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -407,10 +407,9 @@ def _timestamp(moment: datetime) -> float:
     return (moment - epoch).total_seconds()
 
 
-# A Communication as finish() leaves it: tuple(CommunicationDraft), its times, its resolved sender and
-# recipients. Plain values only (the garbage collector stops watching such a tuple): the Activity is built
-# with the patient's records.
-_FinishedCommunication = tuple[tuple[object, ...], CommunicationTimes, PartyRow | None, tuple[PartyRow, ...]]
+# A Communication as finish() leaves it: its draft, its times, its resolved sender and recipients. The
+# Activity is built with the patient's records.
+_FinishedCommunication = tuple[CommunicationDraft, CommunicationTimes, PartyRow | None, tuple[PartyRow, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,10 +431,11 @@ class _RecordParts:
         readings = sorted(self.readings, key=_TIME_THEN_ID)
         activities = [_time_entry(entry) for entry in self.time_entries]
         for draft, times, sender, recipients in self.communications:
-            activities.append(
-                communication_activity(CommunicationDraft._make(draft), times, sender, recipients)
-            )
-        activities.sort(key=_activity_order)
+            activities.append(communication_activity(draft, times, sender, recipients))
+        if all(activity.start is not None for activity in activities):  # always, as the mapper builds them
+            activities.sort(key=_START_TYPE_ID)
+        else:
+            activities.sort(key=_activity_order)
         return PatientRecords(
             patient_id=self.patient_id,
             consents=self.consents,

@@ -52,8 +52,7 @@ Moment = tuple[datetime, bool]
 
 class CommunicationDraft(NamedTuple):
     """A Communication read from the resource alone: what its Activity needs but the times that depend on its
-    Encounter and the final parties. Plain values only: the collector keeps `tuple(draft)` until finish
-    (the garbage collector stops watching a plain tuple of plain values) and reads it with `_make`."""
+    Encounter and the final parties (the collector keeps it until finish)."""
 
     id: str
     status: str
