@@ -147,7 +147,7 @@ def evaluate_month(
             devices_read = {id(w): d for w, d in zip(episode_found, device_sets, strict=True)}
     month_windows = [w for w in windows if w.belongs_to == month]
     shown_windows = [w for w in windows if w.first_day <= last_day and w.last_day >= first_day]
-    data_days_in_month = len({q.day for q in qualifying if first_day <= q.day <= last_day})
+    data_days_in_month = len({day for _, _, day in qualifying if first_day <= day <= last_day})
     # Readings are looked at against the month and its windows several times: decide that once. Every window
     # that ends in the month ends after the month starts and no later than it ends, so the month and those
     # windows together are one span, from the earliest of their starts to the month's end.
