@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timezone, tzinfo
-from operator import attrgetter
+from operator import attrgetter, methodcaller
 
 from billing.model import (
     Activity,
@@ -373,16 +373,32 @@ def _time_entry(finished: _FinishedTimeEntry) -> Activity:
     performers = tuple(party_of(p) for p in performer_rows)
     if (sender, recipients, performers) == (activity.sender, activity.recipients, activity.performers):
         return activity
-    return replace(activity, sender=sender, recipients=recipients, performers=performers)
+    return activity.with_parties(sender, recipients, performers)
 
 
 def _activity_order(activity: Activity) -> tuple[tuple[bool, float], str, str]:
     return _order(activity.start), activity.resource_type, activity.id
 
 
-# Readings in time order, the same time in id order (aware datetimes compare as the instants they are,
-# whatever their offsets).
+def _in_time_order(readings: tuple[Reading, ...]) -> list[Reading]:
+    """Readings by time, the same time by id, else as given (a stable sort by `(time, id)`).
+
+    Aware datetimes with different UTC offsets compare as the instants they are, but each such comparison
+    asks both for their offset; a patient's readings carry two or three offsets (DST, UTC). So the sort
+    keys are the times in UTC, made once each, in C (`astimezone`), with the position as the last key.
+    """
+    try:
+        utc = list(map(_IN_UTC, map(_TIME, readings)))
+    except OverflowError:  # a time within hours of year 1 or 9999: compare the times themselves
+        return sorted(readings, key=_TIME_THEN_ID)
+    keys = sorted(zip(utc, map(_ID, readings), range(len(readings)), strict=True))
+    return [readings[key[2]] for key in keys]
+
+
+_TIME = attrgetter("time")
 _TIME_THEN_ID = attrgetter("time", "id")
+_ID = attrgetter("id")
+_IN_UTC = methodcaller("astimezone", UTC)
 _START_TYPE_ID = attrgetter("start", "resource_type", "id")  # `_activity_order` when every start is known
 
 
@@ -428,7 +444,7 @@ class _RecordParts:
     extra_flags: tuple[str, ...]
 
     def records(self) -> PatientRecords:
-        readings = sorted(self.readings, key=_TIME_THEN_ID)
+        readings = _in_time_order(self.readings)
         activities = [_time_entry(entry) for entry in self.time_entries]
         for draft, times, sender, recipients in self.communications:
             activities.append(communication_activity(draft, times, sender, recipients))

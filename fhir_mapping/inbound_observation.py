@@ -178,7 +178,11 @@ def _time_entry(resource: Json, status: str, patient_id: str, ctx: MapContext) -
         seconds, source = int((end.moment - start.moment) // timedelta(seconds=1)), "effectivePeriod"
     elif resource.get("valueQuantity") is not None:
         seconds, source = duration_seconds(resource["valueQuantity"], "valueQuantity"), "valueQuantity"
-    contained = contained_map(resource)
+    contained = contained_map(resource) if "contained" in resource else {}
+    performers = [
+        party_of(provisional_party(p, patient_id, contained)) for p in dicts(resource.get("performer"))
+    ]
+    notes = [text for note in dicts(resource.get("note")) if (text := as_str(note.get("text")))]
     return Activity(
         resource_type="Observation",
         id=as_str(resource.get("id")) or "",
@@ -189,10 +193,8 @@ def _time_entry(resource: Json, status: str, patient_id: str, ctx: MapContext) -
         duration_seconds=seconds,
         duration_source=source,
         activity_code=known[0],
-        performers=tuple(
-            party_of(provisional_party(p, patient_id, contained)) for p in dicts(resource.get("performer"))
-        ),
-        program=program_of(resource, ctx),
+        performers=tuple(performers),
+        program=program_of(resource, ctx) if "extension" in resource else None,
         naive_time=start.naive or (end is not None and end.naive),
-        notes=tuple(t for t in (as_str(n.get("text")) for n in dicts(resource.get("note"))) if t),
+        notes=tuple(notes),
     )

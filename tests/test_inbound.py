@@ -1394,3 +1394,38 @@ def test_hostile_text_is_carried_verbatim_never_interpreted() -> None:
     )
     assert activity.notes == (script,)
     assert activity.sender is not None and activity.sender.display == script
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        pytest.param(
+            [
+                "2026-03-08T07:00:00-04:00",
+                "2026-03-08T06:30:00-05:00",
+                "2026-03-08T11:15:00Z",
+                "2026-03-08T11:00:00Z",
+            ],
+            id="mixed-offsets",
+        ),
+        pytest.param(
+            ["2026-03-08T11:00:00Z", "2026-03-08T07:00:00-04:00", "2026-03-08T06:00:00-05:00"], id="ties"
+        ),
+        pytest.param(
+            ["0001-01-01T01:00:00+05:00", "9999-12-31T20:00:00-05:00", "2026-03-05T07:30:00Z"], id="edges"
+        ),
+    ],
+)
+def test_readings_in_time_order_then_id(times: list[str]) -> None:
+    """The records list readings by instant, the same instant by id, whatever their offsets."""
+    rng = random.Random(3)
+    resources = [
+        merged(READING, {"id": f"obs{i}", "effectiveDateTime": value, "identifier": DROP})
+        for i, value in enumerate(times)
+    ]
+    rng.shuffle(resources)
+    records, skipped = patient(*resources)
+    assert skipped == []
+    expected = sorted(records.readings, key=lambda r: (r.time, r.id))  # aware datetimes compare as instants
+    assert [r.id for r in records.readings] == [r.id for r in expected]
+    assert len(records.readings) == len(times)
