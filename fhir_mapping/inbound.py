@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timezone, tzinfo
 from operator import attrgetter, methodcaller
+from typing import Any
 
 from billing.model import (
     Activity,
@@ -69,8 +70,8 @@ _OWNER_FIELD = {
     "RelatedPerson": "patient",
 }
 # How the resource type of an NDJSON line usually reads (see `add_line`).
-_OBSERVATION_MARK = '"Observation"'
-_COMMUNICATION_MARK = '"Communication"'
+_TEXT_MARKS = ('"Observation"', '"Communication"')
+_BYTE_MARKS = (b'"Observation"', b'"Communication"')
 # Resource types read only for a name to show in the log.
 _NAMED_TYPES = frozenset({"Practitioner", "Organization"})
 
@@ -143,7 +144,7 @@ class InboundCollector:
             problem = f"could not be read ({type(err).__name__}: {quote(str(err))})"
             self._skip(resource_type, ident, problem, patient_id)
 
-    def add_line(self, line: str) -> bool:
+    def add_line(self, line: str | bytes) -> bool:
         """Read one NDJSON line through the typed fast path (see `inbound_fast`).
 
         True: the line was a device reading or a Communication in the common shape and is recorded, exactly
@@ -151,7 +152,8 @@ class InboundCollector:
         and `add` it.
         """
         # Which decoder to try, from a glance at the text (the decoded resourceType decides).
-        if _OBSERVATION_MARK in line:
+        marks: tuple[Any, Any] = _BYTE_MARKS if isinstance(line, bytes) else _TEXT_MARKS
+        if marks[0] in line:
             reading = fast_reading(line, self._ctx.systems.rpm_activity_cs, self._ctx.tz)
             if reading is not None:
                 patient_id, found = reading
@@ -160,7 +162,7 @@ class InboundCollector:
                     acc = self._patients[patient_id] = _PatientAcc()
                 acc.readings[found.id] = found
                 return True
-        if _COMMUNICATION_MARK in line:
+        if marks[1] in line:
             communication = fast_communication(line, self._ctx)
             if communication is not None:
                 patient_id, draft = communication

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from smart_app.errors import InputError
 
@@ -37,8 +37,8 @@ _TYPE_ORDER = (
 )
 
 
-# Offered each NDJSON line before it is parsed; True when it has read the line itself.
-LineTaker = Callable[[str], bool]
+# Offered each NDJSON line before it is parsed (bytes when ASCII, else text); True when it has read the line.
+LineTaker = Callable[[str | bytes], bool]
 
 
 # Bytes read from a file at a time: a month's NDJSON is read through once, front to back; large reads
@@ -98,7 +98,8 @@ def _iter_file(path: Path, take_line: LineTaker | None) -> Iterator[dict | BadLi
             if path.suffix != ".ndjson" and _is_single_document(path):
                 yield from _iter_document(path)
                 return
-            yield from _iter_ndjson(handle, path.name, take_line)
+            with path.open("rb", buffering=_READ_BUFFER) as raw:
+                yield from _iter_ndjson(raw, path.name, take_line)
         except UnicodeDecodeError:
             raise InputError(f"{path} is not UTF-8 text") from None
 
@@ -141,32 +142,67 @@ def _flatten(resource: dict, source: str, line: int) -> Iterator[dict | BadLine]
             yield BadLine(source, line, f"Bundle.entry[{index}] has no resource object")
 
 
-def _iter_ndjson(handle, name: str, take_line: LineTaker | None) -> Iterator[dict | BadLine]:  # type: ignore[no-untyped-def]
+def _iter_ndjson(handle: BinaryIO, name: str, take_line: LineTaker | None) -> Iterator[dict | BadLine]:
+    """The resources of an NDJSON file opened in binary mode, line by line, as a text reader would see them.
+
+    Reading bytes spares decoding every line to text (most are offered to `take_line` and never parsed):
+    an ASCII line is UTF-8 as it is; any other line is decoded (invalid UTF-8 raises UnicodeDecodeError, as
+    the text reader did). Lines are those of a text reader with universal newlines: a carriage return that
+    is not part of a "\r\n" ending also ends a line, and line numbers count it.
+    """
     seen_any = False
-    # orjson parses several times faster when it is installed. The json module stays the reference: a line
-    # orjson refuses is read again by it, so what is accepted (NaN, huge integers, lone surrogates) and the
-    # words of every error are exactly the json module's.
-    fast = _fast_loads or json.loads
-    for number, line in enumerate(handle, start=1):
+    number = 0
+    for raw in handle:
+        if b"\r" in raw and (raw.count(b"\r") > 1 or not raw.endswith(b"\r\n")):
+            for text in _universal_lines(raw.decode("utf-8")):
+                number += 1
+                if text.isspace() or not text:
+                    continue
+                if take_line is not None and take_line(text):
+                    seen_any = True
+                    continue
+                yield from _parse_line(text, name, number, first=not seen_any and number == 1)
+                seen_any = True
+            continue
+        number += 1
+        line: str | bytes = raw if raw.isascii() else raw.decode("utf-8")
         if line.isspace() or not line:  # `not line.strip()`, without copying the line
             continue
         if take_line is not None and take_line(line):
             seen_any = True
             continue
-        try:
-            try:
-                value = fast(line)
-            except ValueError:
-                value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if not seen_any and number == 1:
-                raise InputError(f"{name} is neither a JSON document nor NDJSON ({exc.msg})") from None
-            yield BadLine(name, number, f"not valid JSON ({exc.msg})")
-            continue
+        text = line if isinstance(line, str) else line.decode("ascii")
+        yield from _parse_line(text, name, number, first=not seen_any and number == 1)
         seen_any = True
-        if not isinstance(value, dict):
-            yield BadLine(name, number, "not a JSON object")
-        elif value.get("resourceType") != "Bundle":
-            yield value  # what _flatten does for a resource that is not a Bundle, without a generator
-        else:
-            yield from _flatten(value, name, number)
+
+
+def _universal_lines(text: str) -> list[str]:
+    """The lines a text reader with universal newlines makes of `text` (which ends with at most one "\n")."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines and not lines[-1] else lines
+
+
+def _parse_line(text: str, name: str, number: int, *, first: bool) -> Iterator[dict | BadLine]:
+    """The resource(s) of one NDJSON line, or a BadLine; the file's first line not being JSON is an InputError
+    (the file is neither a JSON document nor NDJSON).
+
+    orjson parses several times faster when it is installed. The json module stays the reference: a line
+    orjson refuses is read again by it, so what is accepted (NaN, huge integers, lone surrogates) and the
+    words of every error are exactly the json module's.
+    """
+    try:
+        try:
+            value = (_fast_loads or json.loads)(text)
+        except ValueError:
+            value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if first:
+            raise InputError(f"{name} is neither a JSON document nor NDJSON ({exc.msg})") from None
+        yield BadLine(name, number, f"not valid JSON ({exc.msg})")
+        return
+    if not isinstance(value, dict):
+        yield BadLine(name, number, "not a JSON object")
+    elif value.get("resourceType") != "Bundle":
+        yield value  # what _flatten does for a resource that is not a Bundle, without a generator
+    else:
+        yield from _flatten(value, name, number)

@@ -218,9 +218,10 @@ def test_iter_input_offers_each_line_and_numbers_bad_lines_as_before(tmp_path: P
     file.write_text(variant({}) + "\n\n{not json\n" + variant({"status": " final "}) + "\n", encoding="utf-8")
     offered: list[str] = []
 
-    def take(line: str) -> bool:
-        offered.append(line)
-        return "obs1" in line and '" final "' not in line
+    def take(line: str | bytes) -> bool:
+        text = line.decode() if isinstance(line, bytes) else line
+        offered.append(text)
+        return "obs1" in text and '" final "' not in text
 
     items = list(iter_input(file, take_line=take))
     assert len(offered) == 3  # blank lines are never offered
