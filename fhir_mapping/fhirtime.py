@@ -130,8 +130,8 @@ def parse_moment(value: object, tz: ZoneInfo, field: str) -> tuple[datetime, boo
     Device readings are the bulk of a month's data and need no more, so the common shape is read here
     without building a FhirTime; anything else goes through `parse_time` (same instants, same errors).
     """
-    if type(value) is str and len(value) in _PLAIN_LENGTHS and value.isascii():
-        found = _plain_moment(value, tz)
+    if type(value) is str and len(value) in PLAIN_LENGTHS and value.isascii():
+        found = plain_moment(value, tz)
         if found is not None:
             return found
     if isinstance(value, str) and (common := _COMMON.fullmatch(value)) is not None:
@@ -152,10 +152,10 @@ def parse_moment(value: object, tz: ZoneInfo, field: str) -> tuple[datetime, boo
 # fraction, told by its length and separators (and read by `datetime.fromisoformat`, which checks the
 # digits, the day and the ranges of the time exactly as `_COMMON` and `_common_moment` do), without the
 # regular expression. ASCII only, as `_COMMON` (`str.isdigit` and `fromisoformat` know other digits).
-_PLAIN_LENGTHS = frozenset({19, 20, 25})
+PLAIN_LENGTHS = frozenset({19, 20, 25})
 
 
-def _plain_moment(value: str, tz: ZoneInfo) -> tuple[datetime, bool] | None:
+def plain_moment(value: str, tz: ZoneInfo) -> tuple[datetime, bool] | None:
     """`parse_moment` of a value of the plain common shape; None when the general reading must decide."""
     if value[4:17:3] != "--T::":  # the separators at 4, 7, 10, 13 and 16
         return None
