@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from billing.model import Activity, ActivityKind
+from billing.model import Activity, ActivityKind, new_activity
 from fhir_mapping.canon import COMMUNICATION_CATEGORY_CS, PARTICIPATION_MODE_CS, RPM_CONTENT_CODES
 from fhir_mapping.fhirtime import parse_moment
 from fhir_mapping.inbound_common import (
@@ -246,7 +246,7 @@ def communication_activity(
 ) -> Activity:
     """The finished Activity, with its times and its resolved parties."""
     start, end, seconds, source, naive = times
-    return Activity(
+    return new_activity(
         resource_type="Communication",
         id=draft.id,
         kind=ActivityKind.COMMUNICATION,

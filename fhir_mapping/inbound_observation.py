@@ -11,7 +11,7 @@ from datetime import timedelta
 from functools import lru_cache, partial
 from typing import Final
 
-from billing.model import Activity, ActivityKind, Reading
+from billing.model import Activity, ActivityKind, Reading, new_activity
 from fhir_mapping.canon import RPM_ACTIVITY_CODES
 from fhir_mapping.fhirtime import FhirTime, duration_seconds, parse_moment
 from fhir_mapping.inbound_common import (
@@ -183,7 +183,7 @@ def _time_entry(resource: Json, status: str, patient_id: str, ctx: MapContext) -
         party_of(provisional_party(p, patient_id, contained)) for p in dicts(resource.get("performer"))
     ]
     notes = [text for note in dicts(resource.get("note")) if (text := as_str(note.get("text")))]
-    return Activity(
+    return new_activity(
         resource_type="Observation",
         id=as_str(resource.get("id")) or "",
         kind=ActivityKind.TIME_ENTRY,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import FrozenInstanceError, fields, replace
 from datetime import UTC, datetime
 
-from billing.model import Activity, ActivityKind, Party, PartyKind
+import pytest
+
+from billing.model import Activity, ActivityKind, Party, PartyKind, new_activity
 
 
 def test_with_parties_is_replace_of_the_three_party_fields() -> None:
@@ -41,3 +43,24 @@ def test_with_parties_is_replace_of_the_three_party_fields() -> None:
     assert activity.with_parties(sender, recipients, performers) == replace(
         activity, sender=sender, recipients=recipients, performers=performers
     )
+
+
+def test_new_activity_is_the_constructors_object() -> None:
+    values = {
+        "resource_type": "Communication",
+        "id": "c1",
+        "kind": ActivityKind.COMMUNICATION,
+        "status": "completed",
+        "start": datetime(2026, 3, 5, 9, tzinfo=UTC),
+        "medium": ("PHONE",),
+        "sender": Party(PartyKind.PRACTITIONER, "Practitioner/n1"),
+    }
+    built, constructed = new_activity(**values), Activity(**values)  # type: ignore[arg-type]
+    assert built == constructed and hash(built) == hash(constructed)
+    assert vars(built) == vars(constructed)
+    with pytest.raises(FrozenInstanceError):
+        built.status = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="no field 'colour'"):
+        new_activity(**values, colour="red")
+    with pytest.raises(TypeError, match="needs 'status'"):
+        new_activity(**{k: v for k, v in values.items() if k != "status"})
