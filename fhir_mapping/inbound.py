@@ -95,6 +95,7 @@ class InboundCollector:
 
     def __init__(self, timezone: str = "America/New_York", canon: str = CANON) -> None:
         self._ctx = MapContext(zone(timezone), Systems.for_canon(canon))
+        self._rpm_activity_cs = self._ctx.systems.rpm_activity_cs  # read for every line (add_line)
         self._patients: dict[str, _PatientAcc] = {}
         self._skipped: list[SkippedResource] = []
         self._encounters: dict[str, EncounterInfo] = {}
@@ -154,7 +155,7 @@ class InboundCollector:
         # Which decoder to try, from a glance at the text (the decoded resourceType decides).
         marks: tuple[Any, Any] = _BYTE_MARKS if isinstance(line, bytes) else _TEXT_MARKS
         if marks[0] in line:
-            reading = fast_reading(line, self._ctx.systems.rpm_activity_cs, self._ctx.tz)
+            reading = fast_reading(line, self._rpm_activity_cs, self._ctx.tz)
             if reading is not None:
                 patient_id, found = reading
                 acc = self._patients.get(patient_id)

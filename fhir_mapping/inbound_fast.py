@@ -114,6 +114,7 @@ class _Communication(msgspec.Struct, rename="camel"):
 _DECODER = msgspec.json.Decoder(_Observation)
 _COMMUNICATION_DECODER = msgspec.json.Decoder(_Communication)
 _NOT_A_READING = None
+_ABSENT = msgspec.UNSET
 
 
 def fast_reading(line: str | bytes, rpm_activity_system: str, tz: ZoneInfo) -> tuple[str, Reading] | None:
@@ -125,13 +126,13 @@ def fast_reading(line: str | bytes, rpm_activity_system: str, tz: ZoneInfo) -> t
         obs = _DECODER.decode(line)
     except (msgspec.DecodeError, UnicodeError):  # any other JSON shape, or not JSON at all
         return _NOT_A_READING
-    if obs.resource_type != "Observation" or obs.extension is not msgspec.UNSET:
+    if obs.resource_type != "Observation" or obs.extension is not _ABSENT:
         return _NOT_A_READING
     status = obs.status
-    if not (isinstance(status, str) and status in OBSERVATION_STATUSES):
+    if not (type(status) is str and status in OBSERVATION_STATUSES):
         return _NOT_A_READING
     ident = obs.id
-    if not (isinstance(ident, str) and ident and not ident[0].isspace() and not ident[-1].isspace()):
+    if not (type(ident) is str and ident and ident == ident.strip()):
         return _NOT_A_READING  # no id, or one the tolerant path strips: its keys differ from the id
     subject = obs.subject
     reference = subject.reference if subject is not None else None
