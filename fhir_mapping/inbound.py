@@ -161,7 +161,10 @@ class InboundCollector:
                 acc = self._patients.get(patient_id)
                 if acc is None:
                     acc = self._patients[patient_id] = _PatientAcc()
-                acc.readings[found.id] = found
+                if isinstance(found, Reading):
+                    acc.readings[found.id] = found
+                else:  # a time entry
+                    acc.time_entries[found.id] = found
                 return True
         if marks[1] in line:
             communication = fast_communication(line, self._ctx)

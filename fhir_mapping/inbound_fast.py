@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
 
-from billing.model import PartyKind, Reading
-from fhir_mapping.canon import COMMUNICATION_CATEGORY_CS, RPM_CONTENT_CODES
+from billing.model import Activity, ActivityKind, PartyKind, Reading, new_activity
+from fhir_mapping.canon import COMMUNICATION_CATEGORY_CS, RPM_ACTIVITY_CODES, RPM_CONTENT_CODES
 from fhir_mapping.fhirtime import PLAIN_LENGTHS, parse_moment, plain_moment
 from fhir_mapping.inbound_common import MapContext, as_str, patient_reference_id, split_reference
 from fhir_mapping.inbound_communication import PARTICIPATION_MODE_SYSTEMS, CommunicationDraft
 from fhir_mapping.inbound_observation import OBSERVATION_STATUSES, device_reference_id, new_reading
-from fhir_mapping.inbound_parties import PartyRow, referenced_party
+from fhir_mapping.inbound_parties import PartyRow, party_of, referenced_party
 
 
 class _Coding(msgspec.Struct):
@@ -55,6 +56,15 @@ class _Identifier(msgspec.Struct):
     value: Any = None
 
 
+class _Period(msgspec.Struct):
+    start: Any = None
+    end: Any = None
+
+
+class _Annotation(msgspec.Struct):
+    text: Any = None
+
+
 class _Observation(msgspec.Struct, rename="camel"):
     """The elements of an Observation a device reading needs; JSON `null` and absent both read as None
     (as `dict.get` reads them on the tolerant path), except `extension`, whose presence alone matters."""
@@ -68,11 +78,11 @@ class _Observation(msgspec.Struct, rename="camel"):
     device: _Reference | None = None
     identifier: list[_Identifier] | None = None
     extension: Any = msgspec.UNSET
-
-
-class _Period(msgspec.Struct):
-    start: Any = None
-    end: Any = None
+    # time entries
+    effective_period: _Period | None = None
+    performer: list[_Reference] | None = None
+    note: list[_Annotation] | None = None
+    contained: Any = None
 
 
 class _Extension(msgspec.Struct, rename="camel"):
@@ -83,10 +93,6 @@ class _Extension(msgspec.Struct, rename="camel"):
 
 class _Payload(msgspec.Struct, rename="camel"):
     content_string: Any = None
-
-
-class _Annotation(msgspec.Struct):
-    text: Any = None
 
 
 class _Communication(msgspec.Struct, rename="camel"):
@@ -117,8 +123,11 @@ _NOT_A_READING = None
 _ABSENT = msgspec.UNSET
 
 
-def fast_reading(line: str | bytes, rpm_activity_system: str, tz: ZoneInfo) -> tuple[str, Reading] | None:
-    """(patient id, Reading) of a device-reading Observation line in the common shape, else None.
+def fast_reading(
+    line: str | bytes, rpm_activity_system: str, tz: ZoneInfo
+) -> tuple[str, Reading | Activity] | None:
+    """(patient id, Reading) of a device-reading Observation line in the common shape, (patient id, Activity)
+    of a time entry in its common shape (an effectivePeriod with start and end), else None.
 
     None means "read this line the usual way": nothing is decided here about it.
     """
@@ -145,7 +154,7 @@ def fast_reading(line: str | bytes, rpm_activity_system: str, tz: ZoneInfo) -> t
         codings = code.coding or ()
         for coding in codings:
             if coding.system == rpm_activity_system:
-                return _NOT_A_READING  # a time entry, not a reading
+                return _time_entry(obs, status, ident, patient_id, rpm_activity_system, tz)
         text = code.text
         if isinstance(text, str) and (text := text.strip()):
             display = text
@@ -307,3 +316,43 @@ def _status_reason(concept: _Code | None) -> str | None:
         if code:
             return sys.intern(code)
     return as_str(concept.text)
+
+
+def _time_entry(
+    obs: _Observation, status: str, ident: str, patient_id: str, system: str, tz: ZoneInfo
+) -> tuple[str, Activity] | None:
+    """`inbound_observation._time_entry` for a time entry with an effectivePeriod start and end, no
+    contained resources and no attribution; None for anything else."""
+    period = obs.effective_period
+    if period is None or obs.contained is not None or obs.code is None:
+        return None
+    known = [code for code in _codes([obs.code], system) if code in RPM_ACTIVITY_CODES]
+    if not known or period.start is None or period.end is None:
+        return None
+    try:
+        start, start_naive = parse_moment(period.start, tz, "effectivePeriod.start")
+        end, end_naive = parse_moment(period.end, tz, "effectivePeriod.end")
+        performers = tuple(party_of(_party(p, patient_id)) for p in obs.performer or ())
+    except Exception:  # _NotCommon, or a problem reported in its own words by the tolerant path
+        return None
+    if end < start:
+        return None
+    notes = tuple(text for item in obs.note or () if (text := as_str(item.text)))
+    return patient_id, new_activity(
+        resource_type="Observation",
+        id=ident,
+        kind=ActivityKind.TIME_ENTRY,
+        status=status,
+        start=start,
+        end=end,
+        duration_seconds=int((end - start) // _SECOND),
+        duration_source="effectivePeriod",
+        activity_code=known[0],
+        performers=performers,
+        program=None,
+        naive_time=start_naive or end_naive,
+        notes=notes,
+    )
+
+
+_SECOND = timedelta(seconds=1)

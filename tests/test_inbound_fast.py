@@ -334,3 +334,70 @@ def test_communication_random_damage_never_makes_the_paths_differ() -> None:
     fast, tolerant, took = both_ways(lines, context=(RELATED, ENCOUNTER))
     assert fast == tolerant
     assert 0 < sum(took) < len(took)
+
+
+TIME_ENTRY: dict[str, Any] = {
+    "resourceType": "Observation",
+    "id": "te1",
+    "status": "final",
+    "code": {"coding": [{"system": f"{CANON}/CodeSystem/rpm-activity", "code": "data-review"}]},
+    "subject": {"reference": "Patient/p1"},
+    "effectivePeriod": {"start": "2026-03-12T09:00:00-04:00", "end": "2026-03-12T09:12:30-04:00"},
+    "performer": [{"reference": "Practitioner/nurse1"}, {"reference": "RelatedPerson/rp1"}],
+    "note": [{"text": " reviewed "}, {"text": ""}],
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "taken"),
+    [
+        pytest.param({}, True, id="common-shape"),
+        pytest.param({"performer": DROP, "note": DROP}, True, id="no-performer"),
+        pytest.param(
+            {"effectivePeriod": {"start": "2026-03-12T09:00:00", "end": "2026-03-12T09:10:00"}},
+            True,
+            id="naive",
+        ),
+        pytest.param({"effectivePeriod": {"start": "2026-03-12T09:00:00Z"}}, False, id="no-end"),
+        pytest.param(
+            {"effectivePeriod": DROP, "effectiveDateTime": "2026-03-12T09:00:00Z"}, False, id="datetime"
+        ),
+        pytest.param(
+            {"effectivePeriod": {"start": "2026-03-12T09:10:00Z", "end": "2026-03-12T09:00:00Z"}},
+            False,
+            id="backwards",
+        ),
+        pytest.param(
+            {"effectivePeriod": {"start": "2026-03-12T25:00:00Z", "end": "2026-03-12T09:00:00Z"}},
+            False,
+            id="bad-time",
+        ),
+        pytest.param(
+            {"code": {"coding": [{"system": f"{CANON}/CodeSystem/rpm-activity", "code": "gossip"}]}},
+            False,
+            id="bad-code",
+        ),
+        pytest.param({"performer": [{"reference": "#p"}]}, False, id="contained-performer"),
+        pytest.param({"contained": [{"resourceType": "Practitioner", "id": "p"}]}, False, id="contained"),
+        pytest.param({"valueQuantity": {"value": 5, "unit": "min"}}, True, id="quantity-ignored-with-period"),
+    ],
+)
+def test_time_entry_fast_path_reads_exactly_what_add_reads(changes: dict[str, Any], taken: bool) -> None:
+    fast, tolerant, took = both_ways([variant(changes, TIME_ENTRY)], context=(RELATED,))
+    assert fast == tolerant
+    assert took == [taken]
+
+
+def test_time_entry_random_damage_never_makes_the_paths_differ() -> None:
+    rng = random.Random(5)
+    junk: list[Any] = [None, "", 0, [], {}, ["x"], [{}], {"start": "2026-03-12T09:00:00Z"}, {"text": "t"}]
+    keys = [k for k in TIME_ENTRY if k != "resourceType"] + ["contained", "extension", "effectiveDateTime"]
+    lines = []
+    for number in range(1_000):
+        changes: dict[str, Any] = {"id": f"te{number}"}
+        for key in rng.sample(keys, rng.randint(1, 2)):
+            changes[key] = rng.choice([DROP, *junk])
+        lines.append(variant(changes, TIME_ENTRY))
+    fast, tolerant, took = both_ways(lines, context=(RELATED,))
+    assert fast == tolerant
+    assert 0 < sum(took) < len(took)
