@@ -219,7 +219,9 @@ def windows_of_episode(
     # the anchor or later than the last window). One pass, in the readings' order; a reading on a day of the
     # window just found needs no division (days mostly come in order).
     count = (last_start - anchor).days // WINDOW_DAYS + 1
-    window_days(anchor, count)  # the first window past the end, as the loop this replaces computed it
+    # The first window past the end, computed only for its OverflowError near year 9999, which the loop this
+    # replaced raised (it computed that window to stop).
+    window_days(anchor, count)
     buckets: list[list[str]] = [[] for _ in range(count)]  # the ids of the window's readings
     day_sets: list[set[date]] = [set() for _ in range(count)]
     device_sets: list[set[str | None]] = [set() for _ in range(count)]

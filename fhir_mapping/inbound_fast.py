@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -119,8 +119,19 @@ class _Communication(msgspec.Struct, rename="camel"):
 
 _DECODER = msgspec.json.Decoder(_Observation)
 _COMMUNICATION_DECODER = msgspec.json.Decoder(_Communication)
-_NOT_A_READING = None
 _ABSENT = msgspec.UNSET
+
+
+def _is_plain_id(ident: object) -> TypeGuard[str]:
+    """An id the tolerant path keeps as it is: a string, not blank, not padded (a padded id is stripped for
+    the record but not for the key a later copy replaces it under)."""
+    return type(ident) is str and ident != "" and ident == ident.strip()
+
+
+def _patient_of(subject: _Reference | None) -> str | None:
+    """`inbound_common.patient_of` for a subject that is a plain Patient reference; None otherwise."""
+    reference = subject.reference if subject is not None else None
+    return patient_reference_id(reference) if isinstance(reference, str) else None
 
 
 def fast_reading(
@@ -134,27 +145,23 @@ def fast_reading(
     try:
         obs = _DECODER.decode(line)
     except (msgspec.DecodeError, UnicodeError):  # any other JSON shape, or not JSON at all
-        return _NOT_A_READING
+        return None
     if obs.resource_type != "Observation" or obs.extension is not _ABSENT:
-        return _NOT_A_READING
+        return None
     status = obs.status
     if not (type(status) is str and status in OBSERVATION_STATUSES):
-        return _NOT_A_READING
+        return None
     ident = obs.id
-    if not (type(ident) is str and ident and ident == ident.strip()):
-        return _NOT_A_READING  # no id, or one the tolerant path strips: its keys differ from the id
-    subject = obs.subject
-    reference = subject.reference if subject is not None else None
-    patient_id = patient_reference_id(reference) if isinstance(reference, str) else None
-    if patient_id is None:
-        return _NOT_A_READING
+    patient_id = _patient_of(obs.subject)
+    if not _is_plain_id(ident) or patient_id is None:
+        return None
     code = obs.code
     display: str | None = None
     if code is not None:
         codings = code.coding or ()
         for coding in codings:
             if coding.system == rpm_activity_system:
-                return _time_entry(obs, status, ident, patient_id, rpm_activity_system, tz)
+                return _time_entry_of(obs, status, ident, patient_id, rpm_activity_system, tz)
         text = code.text
         if isinstance(text, str) and (text := text.strip()):
             display = text
@@ -166,7 +173,7 @@ def fast_reading(
                     break
     value = obs.effective_date_time
     if not isinstance(value, str):
-        return _NOT_A_READING
+        return None
     # parse_moment, its plain-shape step first without the call in between (this runs for every reading)
     plain = plain_moment(value, tz) if len(value) in PLAIN_LENGTHS and value.isascii() else None
     if plain is not None:
@@ -175,7 +182,7 @@ def fast_reading(
         try:
             moment, naive = parse_moment(value, tz, "effectiveDateTime")
         except Exception:  # reported, in its own words, by the tolerant path
-            return _NOT_A_READING
+            return None
     device = obs.device
     device_id: str | None
     if device is None:
@@ -216,15 +223,9 @@ def _communication_draft(comm: _Communication, ctx: MapContext) -> tuple[str, Co
     if comm.resource_type != "Communication" or comm.contained is not None:
         raise _NotCommon
     ident = comm.id
-    if not (isinstance(ident, str) and ident and not ident[0].isspace() and not ident[-1].isspace()):
-        raise _NotCommon
     status = as_str(comm.status)
-    if status is None or status == "entered-in-error":
-        raise _NotCommon
-    subject = comm.subject
-    reference = subject.reference if subject is not None else None
-    patient_id = patient_reference_id(reference) if isinstance(reference, str) else None
-    if patient_id is None:
+    patient_id = _patient_of(comm.subject)
+    if not _is_plain_id(ident) or status is None or status == "entered-in-error" or patient_id is None:
         raise _NotCommon
     systems = ctx.systems
     period_start = period_end = None
@@ -318,7 +319,7 @@ def _status_reason(concept: _Code | None) -> str | None:
     return as_str(concept.text)
 
 
-def _time_entry(
+def _time_entry_of(
     obs: _Observation, status: str, ident: str, patient_id: str, system: str, tz: ZoneInfo
 ) -> tuple[str, Activity] | None:
     """`inbound_observation._time_entry` for a time entry with an effectivePeriod start and end, no
