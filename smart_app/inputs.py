@@ -150,30 +150,21 @@ def _iter_ndjson(handle: BinaryIO, name: str, take_line: LineTaker | None) -> It
     the text reader did). Lines are those of a text reader with universal newlines: a carriage return that
     is not part of a "\r\n" ending also ends a line, and line numbers count it.
     """
-    seen_any = False
     number = 0
     for raw in handle:
         if b"\r" in raw and (raw.count(b"\r") > 1 or not raw.endswith(b"\r\n")):
             for text in _universal_lines(raw.decode("utf-8")):
                 number += 1
-                if text.isspace() or not text:
-                    continue
-                if take_line is not None and take_line(text):
-                    seen_any = True
-                    continue
-                yield from _parse_line(text, name, number, first=not seen_any and number == 1)
-                seen_any = True
+                if not (text.isspace() or not text or (take_line is not None and take_line(text))):
+                    yield from _parse_line(text, name, number)
             continue
         number += 1
         line: str | bytes = raw if raw.isascii() else raw.decode("utf-8")
         if line.isspace() or not line:  # `not line.strip()`, without copying the line
             continue
         if take_line is not None and take_line(line):
-            seen_any = True
             continue
-        text = line if isinstance(line, str) else line.decode("ascii")
-        yield from _parse_line(text, name, number, first=not seen_any and number == 1)
-        seen_any = True
+        yield from _parse_line(line if isinstance(line, str) else line.decode("ascii"), name, number)
 
 
 def _universal_lines(text: str) -> list[str]:
@@ -182,7 +173,7 @@ def _universal_lines(text: str) -> list[str]:
     return lines[:-1] if lines and not lines[-1] else lines
 
 
-def _parse_line(text: str, name: str, number: int, *, first: bool) -> Iterator[dict | BadLine]:
+def _parse_line(text: str, name: str, number: int) -> Iterator[dict | BadLine]:
     """The resource(s) of one NDJSON line, or a BadLine; the file's first line not being JSON is an InputError
     (the file is neither a JSON document nor NDJSON).
 
@@ -196,7 +187,7 @@ def _parse_line(text: str, name: str, number: int, *, first: bool) -> Iterator[d
         except ValueError:
             value = json.loads(text)
     except json.JSONDecodeError as exc:
-        if first:
+        if number == 1:
             raise InputError(f"{name} is neither a JSON document nor NDJSON ({exc.msg})") from None
         yield BadLine(name, number, f"not valid JSON ({exc.msg})")
         return
