@@ -148,9 +148,9 @@ class InboundCollector:
     def add_line(self, line: str | bytes) -> bool:
         """Read one NDJSON line through the typed fast path (see `inbound_fast`).
 
-        True: the line was a device reading or a Communication in the common shape and is recorded, exactly
-        as `add` of its parsed resource would have recorded it. False: nothing was recorded; parse the line
-        and `add` it.
+        True: the line was a device reading, a time entry or a Communication in the common shape, or one whose
+        status is ignored, and is recorded exactly as `add` of its parsed resource would have recorded it.
+        False: nothing was recorded; parse the line and `add` it.
         """
         # Which decoder to try, from a glance at the text (the decoded resourceType decides).
         marks: tuple[Any, Any] = _BYTE_MARKS if isinstance(line, bytes) else _TEXT_MARKS
@@ -163,14 +163,16 @@ class InboundCollector:
                     acc = self._patients[patient_id] = _PatientAcc()
                 if isinstance(found, Reading):
                     acc.readings[found.id] = found
-                else:  # a time entry
+                elif found is not None:  # a time entry
                     acc.time_entries[found.id] = found
                 return True
         if marks[1] in line:
             communication = fast_communication(line, self._ctx)
             if communication is not None:
                 patient_id, draft = communication
-                self._acc(patient_id).drafts[draft.id] = draft
+                acc = self._acc(patient_id)
+                if draft is not None:
+                    acc.drafts[draft.id] = draft
                 return True
         return False
 

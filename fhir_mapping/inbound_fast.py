@@ -31,7 +31,12 @@ from fhir_mapping.canon import COMMUNICATION_CATEGORY_CS, RPM_ACTIVITY_CODES, RP
 from fhir_mapping.fhirtime import PLAIN_LENGTHS, parse_moment, plain_moment
 from fhir_mapping.inbound_common import MapContext, as_str, patient_reference_id, split_reference
 from fhir_mapping.inbound_communication import PARTICIPATION_MODE_SYSTEMS, CommunicationDraft
-from fhir_mapping.inbound_observation import OBSERVATION_STATUSES, device_reference_id, new_reading
+from fhir_mapping.inbound_observation import (
+    OBSERVATION_STATUSES,
+    device_reference_id,
+    is_ignored_status,
+    new_reading,
+)
 from fhir_mapping.inbound_parties import PartyRow, party_of, referenced_party
 
 
@@ -136,9 +141,10 @@ def _patient_of(subject: _Reference | None) -> str | None:
 
 def fast_reading(
     line: str | bytes, rpm_activity_system: str, tz: ZoneInfo
-) -> tuple[str, Reading | Activity] | None:
+) -> tuple[str, Reading | Activity | None] | None:
     """(patient id, Reading) of a device-reading Observation line in the common shape, (patient id, Activity)
-    of a time entry in its common shape (an effectivePeriod with start and end), else None.
+    of a time entry in its common shape (an effectivePeriod with start and end), (patient id, None) of an
+    Observation whose status is not a result (entered-in-error, cancelled, ...), else None.
 
     None means "read this line the usual way": nothing is decided here about it.
     """
@@ -146,14 +152,18 @@ def fast_reading(
         obs = _DECODER.decode(line)
     except (msgspec.DecodeError, UnicodeError):  # any other JSON shape, or not JSON at all
         return None
-    if obs.resource_type != "Observation" or obs.extension is not _ABSENT:
+    if obs.resource_type != "Observation":
+        return None
+    patient_id = _patient_of(obs.subject)
+    if patient_id is None:
         return None
     status = obs.status
     if not (type(status) is str and status in OBSERVATION_STATUSES):
-        return None
+        # `map_observation` ignores any other non-blank status quietly, before reading anything else: all
+        # that the tolerant path keeps of such a line is that its patient exists.
+        return (patient_id, None) if type(status) is str and is_ignored_status(status) else None
     ident = obs.id
-    patient_id = _patient_of(obs.subject)
-    if not _is_plain_id(ident) or patient_id is None:
+    if obs.extension is not _ABSENT or not _is_plain_id(ident):
         return None
     code = obs.code
     display: str | None = None
@@ -203,8 +213,9 @@ def fast_reading(
     )
 
 
-def fast_communication(line: str | bytes, ctx: MapContext) -> tuple[str, CommunicationDraft] | None:
-    """(patient id, draft) of a Communication line in the common shape; None: read it the usual way."""
+def fast_communication(line: str | bytes, ctx: MapContext) -> tuple[str, CommunicationDraft | None] | None:
+    """(patient id, draft) of a Communication line in the common shape, (patient id, None) of an
+    entered-in-error one (which `map_communication` ignores quietly); None: read it the usual way."""
     try:
         comm = _COMMUNICATION_DECODER.decode(line)
     except (msgspec.DecodeError, UnicodeError):
@@ -219,13 +230,17 @@ class _NotCommon(Exception):
     """The line is not in the common shape: the tolerant path reads it."""
 
 
-def _communication_draft(comm: _Communication, ctx: MapContext) -> tuple[str, CommunicationDraft]:
-    if comm.resource_type != "Communication" or comm.contained is not None:
+def _communication_draft(comm: _Communication, ctx: MapContext) -> tuple[str, CommunicationDraft | None]:
+    if comm.resource_type != "Communication":
         raise _NotCommon
-    ident = comm.id
     status = as_str(comm.status)
     patient_id = _patient_of(comm.subject)
-    if not _is_plain_id(ident) or status is None or status == "entered-in-error" or patient_id is None:
+    if status is None or patient_id is None:
+        raise _NotCommon
+    if status == "entered-in-error":
+        return patient_id, None  # ignored before anything else is read: only the patient is known
+    ident = comm.id
+    if not _is_plain_id(ident) or comm.contained is not None:
         raise _NotCommon
     systems = ctx.systems
     period_start = period_end = None

@@ -49,6 +49,12 @@ def is_time_entry(resource: Json, ctx: MapContext) -> bool:
     return False
 
 
+def is_ignored_status(status: str) -> bool:
+    """A status `map_observation` ignores quietly (before reading anything else of the resource)."""
+    stripped = as_str(status)
+    return stripped is not None and stripped not in OBSERVATION_STATUSES
+
+
 def map_observation(resource: Json, patient_id: str, ctx: MapContext) -> Reading | Activity | None:
     """A Reading or a time-entry Activity; None for a status that is not a result (ignored quietly)."""
     status = resource.get("status")
@@ -57,7 +63,7 @@ def map_observation(resource: Json, patient_id: str, ctx: MapContext) -> Reading
         if status is None:
             raise MappingError("has no status")
         if status not in OBSERVATION_STATUSES:
-            return None
+            return None  # is_ignored_status
     if is_time_entry(resource, ctx):
         return _time_entry(resource, status, patient_id, ctx)
     return _reading(resource, ctx)

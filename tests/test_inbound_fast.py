@@ -140,7 +140,13 @@ def both_ways(
         pytest.param({"id": "  obs1 "}, False, id="id-padded"),
         pytest.param({"id": DROP}, False, id="no-id"),
         pytest.param({"status": " final "}, False, id="status-padded"),
-        pytest.param({"status": "cancelled"}, False, id="status-not-a-result"),
+        pytest.param({"status": "cancelled"}, True, id="status-not-a-result-patient-known"),
+        pytest.param({"status": " entered-in-error "}, True, id="ignored-status-padded"),
+        pytest.param({"status": "bogus", "id": DROP, "extension": [{}]}, True, id="ignored-before-the-rest"),
+        pytest.param(
+            {"status": "cancelled", "subject": {"reference": "Group/g1"}}, False, id="ignored-no-patient"
+        ),
+        pytest.param({"status": " "}, False, id="status-blank"),
         pytest.param({"status": DROP}, False, id="no-status"),
         pytest.param({"status": 3}, False, id="status-not-a-string"),
         pytest.param({"subject": {"reference": "Group/g1"}}, False, id="subject-not-a-patient"),
@@ -262,7 +268,15 @@ def test_iter_input_offers_each_line_and_numbers_bad_lines_as_before(tmp_path: P
             {"topic": {"coding": [{"system": RPM_CONTENT, "code": "gossip"}]}}, False, id="unknown-content"
         ),
         pytest.param({"topic": [{"coding": []}]}, False, id="topic-array"),
-        pytest.param({"status": "entered-in-error"}, False, id="entered-in-error"),
+        pytest.param({"status": "entered-in-error"}, True, id="entered-in-error-patient-known"),
+        pytest.param(
+            {"status": " entered-in-error", "id": DROP, "contained": [{"resourceType": "Encounter"}]},
+            True,
+            id="entered-in-error-before-the-rest",
+        ),
+        pytest.param(
+            {"status": "entered-in-error", "subject": {"reference": "Group/g"}}, False, id="eie-no-patient"
+        ),
         pytest.param({"status": DROP}, False, id="no-status"),
         pytest.param({"id": " call1"}, False, id="id-padded"),
         pytest.param({"id": DROP}, False, id="no-id"),
