@@ -1414,6 +1414,10 @@ def test_hostile_text_is_carried_verbatim_never_interpreted() -> None:
         pytest.param(
             ["0001-01-01T01:00:00+05:00", "9999-12-31T20:00:00-05:00", "2026-03-05T07:30:00Z"], id="edges"
         ),
+        pytest.param(
+            ["2026-03-05T07:30:00-05:00", "2026-03-05T12:31:00Z", "2026-03-05T08:32:00-04:00"],
+            id="increasing-across-offsets",
+        ),
     ],
 )
 def test_readings_in_time_order_then_id(times: list[str]) -> None:
@@ -1423,9 +1427,16 @@ def test_readings_in_time_order_then_id(times: list[str]) -> None:
         merged(READING, {"id": f"obs{i}", "effectiveDateTime": value, "identifier": DROP})
         for i, value in enumerate(times)
     ]
-    rng.shuffle(resources)
-    records, skipped = patient(*resources)
-    assert skipped == []
-    expected = sorted(records.readings, key=lambda r: (r.time, r.id))  # aware datetimes compare as instants
-    assert [r.id for r in records.readings] == [r.id for r in expected]
-    assert len(records.readings) == len(times)
+    expected_ids: list[str] | None = None
+    for order in range(4):  # as listed, reversed, twice shuffled (in order or not, ties or not)
+        if order == 1:
+            resources.reverse()
+        elif order > 1:
+            rng.shuffle(resources)
+        records, skipped = patient(*resources)
+        assert skipped == []
+        expected = sorted(records.readings, key=lambda r: (r.time, r.id))  # aware datetimes: as instants
+        assert [r.id for r in records.readings] == [r.id for r in expected]
+        assert expected_ids in (None, [r.id for r in expected])
+        expected_ids = [r.id for r in expected]
+        assert len(records.readings) == len(times)
