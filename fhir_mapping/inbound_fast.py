@@ -21,7 +21,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any, TypeGuard
+from functools import lru_cache, partial
+from typing import Any, Final, TypeGuard
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -281,24 +282,31 @@ def _communication_draft(comm: _Communication, ctx: MapContext) -> tuple[str, Co
         raise _NotCommon  # the tolerant path drops it with a finding
     notes = [text for item in comm.payload or () if (text := as_str(item.content_string))]
     notes += [text for item in comm.note or () if (text := as_str(item.text))]
-    return patient_id, CommunicationDraft(
-        id=ident,
-        status=sys.intern(status),
-        medium=tuple(medium),
-        categories=tuple(categories),
-        sender=sender,
-        recipients=recipients,
-        sent=sent,
-        status_reason=_status_reason(comm.status_reason),
-        content=tuple(content),
-        encounter_ref=encounter_key,
-        program=None,
-        notes=tuple(notes),
-        period_start=period_start,
-        period_end=period_end,
-        encounter_key=encounter_key,
-        contained_encounter=None,
+    return patient_id, _new_draft(
+        (
+            ident,  # id
+            sys.intern(status),  # status
+            tuple(medium),  # medium
+            tuple(categories),  # categories
+            sender,  # sender
+            recipients,  # recipients
+            sent,  # sent
+            _status_reason(comm.status_reason),  # status_reason
+            tuple(content),  # content
+            encounter_key,  # encounter_ref
+            None,  # program
+            tuple(notes),  # notes
+            period_start,  # period_start
+            period_end,  # period_end
+            encounter_key,  # encounter_key
+            None,  # contained_encounter
+        )
     )
+
+
+# `CommunicationDraft(...)` with its fields in order, without the named tuple's keyword-taking constructor
+# (tests/test_inbound_fast.py compares the drafts both paths make).
+_new_draft: Final = partial(tuple.__new__, CommunicationDraft)
 
 
 def _codes(concepts: Iterable[_Code], system: str) -> list[str]:
@@ -314,8 +322,19 @@ def _codes(concepts: Iterable[_Code], system: str) -> list[str]:
 
 def _party(element: _Reference, patient_id: str) -> PartyRow:
     """`inbound_parties.provisional_party` of a Reference without contained resources."""
-    display = as_str(element.display)
-    reference = as_str(element.reference)
+    reference, display = element.reference, element.display
+    return _referenced(
+        reference if type(reference) is str else None, display if type(display) is str else None, patient_id
+    )
+
+
+@lru_cache(maxsize=4096)
+def _referenced(reference: str | None, display: str | None, patient_id: str) -> PartyRow:
+    """`_party` of a reference and display that are strings or absent (anything else reads as absent).
+
+    A patient's Communications name the same few parties, so the rows are made once (they are tuples)."""
+    display = as_str(display)
+    reference = as_str(reference)
     if reference is None:
         return PartyKind.UNKNOWN.value, "", display
     if reference.startswith("#"):
