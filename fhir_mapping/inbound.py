@@ -341,7 +341,7 @@ class InboundCollector:
                 flags.append(str(late))
                 continue
             sender = resolve(draft.sender) if draft.sender is not None else None
-            communications.append((draft, times, sender, tuple([resolve(p) for p in draft.recipients])))
+            communications.append((draft, times, sender, tuple(map(resolve, draft.recipients))))
         return _RecordParts(
             patient_id=patient_id,
             consents=tuple(sorted(acc.consents.values(), key=lambda c: (_order(c.start), c.id))),
@@ -369,16 +369,16 @@ _FinishedTimeEntry = tuple[Activity, PartyRow | None, tuple[PartyRow, ...], tupl
 def _time_entry_parties(activity: Activity, resolve: Callable[[PartyRow], PartyRow]) -> _FinishedTimeEntry:
     """Resolve a time entry's RelatedPerson and Device parties now that everything has been read."""
     sender = resolve(party_row(activity.sender)) if activity.sender is not None else None
-    recipients = tuple(resolve(party_row(p)) for p in activity.recipients)
-    return activity, sender, recipients, tuple(resolve(party_row(p)) for p in activity.performers)
+    recipients = tuple(map(resolve, map(party_row, activity.recipients)))
+    return activity, sender, recipients, tuple(map(resolve, map(party_row, activity.performers)))
 
 
 def _time_entry(finished: _FinishedTimeEntry) -> Activity:
     """The time entry with its resolved parties (the same Activity when none changed)."""
     activity, sender_row, recipient_rows, performer_rows = finished
     sender = party_of(sender_row) if sender_row is not None else None
-    recipients = tuple(party_of(p) for p in recipient_rows)
-    performers = tuple(party_of(p) for p in performer_rows)
+    recipients = tuple(map(party_of, recipient_rows))
+    performers = tuple(map(party_of, performer_rows))
     if (sender, recipients, performers) == (activity.sender, activity.recipients, activity.performers):
         return activity
     return activity.with_parties(sender, recipients, performers)

@@ -214,10 +214,11 @@ def communication_times(
 
     Raises MappingError when nothing gives the Communication a time.
     """
+    if draft.period_start is not None and draft.period_end is not None:  # most calls and visits
+        (first, first_naive), (last, last_naive) = draft.period_start, draft.period_end
+        naive_sent = draft.sent is not None and draft.sent[1]
+        return first, last, _seconds(last - first), "activity-period", first_naive or last_naive or naive_sent
     naive = [t[1] for t in (draft.period_start, draft.period_end, draft.sent) if t is not None]
-    if draft.period_start is not None and draft.period_end is not None:
-        first, last = draft.period_start[0], draft.period_end[0]
-        return first, last, _seconds(last - first), "activity-period", any(naive)
     encounter = _find_encounter(draft, encounters, notes)
     sent = draft.sent[0] if draft.sent is not None else None
     period_start = draft.period_start[0] if draft.period_start is not None else None
@@ -258,7 +259,7 @@ def communication_activity(
         medium=draft.medium,
         categories=draft.categories,
         sender=party_of(sender) if sender is not None else None,
-        recipients=tuple(party_of(p) for p in recipients),
+        recipients=tuple(map(party_of, recipients)),
         sent=draft.sent[0] if draft.sent is not None else None,
         status_reason=draft.status_reason,
         content=draft.content,
@@ -287,4 +288,7 @@ def _find_encounter(
 
 
 def _seconds(elapsed: timedelta) -> int:
-    return int(elapsed // timedelta(seconds=1))
+    return int(elapsed // _SECOND)
+
+
+_SECOND = timedelta(seconds=1)
