@@ -42,7 +42,7 @@ from fhir_mapping.inbound_communication import (
     communication_times,
     map_communication,
 )
-from fhir_mapping.inbound_fast import fast_communication, fast_reading
+from fhir_mapping.inbound_fast import elements_read, fast_communication, fast_reading
 from fhir_mapping.inbound_observation import map_observation
 from fhir_mapping.inbound_parties import PartyRow, party_of, party_row, resolve_party
 from fhir_mapping.inbound_records import (
@@ -148,8 +148,9 @@ class InboundCollector:
     def add_line(self, line: str | bytes) -> bool:
         """Read one NDJSON line through the typed fast path (see `inbound_fast`).
 
-        True: the line was a device reading, a time entry or a Communication in the common shape, or one whose
-        status is ignored, and is recorded exactly as `add` of its parsed resource would have recorded it.
+        True: the line was recorded exactly as `add` of its parsed resource would have recorded it: a device
+        reading, a time entry or a Communication in the common shape, one whose status is ignored, or a
+        resource of another type that `add` reads (given to it with only the elements it reads).
         False: nothing was recorded; parse the line and `add` it.
         """
         # Which decoder to try, from a glance at the text (the decoded resourceType decides).
@@ -166,6 +167,7 @@ class InboundCollector:
                 elif found is not None:  # a time entry
                     acc.time_entries[found.id] = found
                 return True
+            return False
         if marks[1] in line:
             communication = fast_communication(line, self._ctx)
             if communication is not None:
@@ -174,7 +176,13 @@ class InboundCollector:
                 if draft is not None:
                     acc.drafts[draft.id] = draft
                 return True
-        return False
+            return False
+        # Any other type: only the elements `add` reads are decoded (see inbound_fast.ELEMENTS_READ).
+        resource = elements_read(line)
+        if resource is None:
+            return False
+        self.add(resource)
+        return True
 
     def add_bundle(self, bundle: object) -> None:
         """Read every `entry.resource` of a Bundle (searchset, collection, transaction, ...)."""

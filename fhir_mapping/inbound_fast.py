@@ -18,10 +18,11 @@ accept without a word.
 
 from __future__ import annotations
 
+import functools
+import operator
 import sys
 from collections.abc import Iterable
 from datetime import timedelta
-from functools import lru_cache, partial
 from typing import Any, Final, TypeGuard
 from zoneinfo import ZoneInfo
 
@@ -306,7 +307,7 @@ def _communication_draft(comm: _Communication, ctx: MapContext) -> tuple[str, Co
 
 # `CommunicationDraft(...)` with its fields in order, without the named tuple's keyword-taking constructor
 # (tests/test_inbound_fast.py compares the drafts both paths make).
-_new_draft: Final = partial(tuple.__new__, CommunicationDraft)
+_new_draft: Final = functools.partial(tuple.__new__, CommunicationDraft)
 
 
 def _codes(concepts: Iterable[_Code], system: str) -> list[str]:
@@ -328,7 +329,7 @@ def _party(element: _Reference, patient_id: str) -> PartyRow:
     )
 
 
-@lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def _referenced(reference: str | None, display: str | None, patient_id: str) -> PartyRow:
     """`_party` of a reference and display that are strings or absent (anything else reads as absent).
 
@@ -391,3 +392,67 @@ def _time_entry_of(
 
 
 _SECOND = timedelta(seconds=1)
+
+
+# ------------------------------------------------------------------------------------- other resources
+
+# The elements `InboundCollector.add` reads of each resource type it reads for more than its id (besides
+# `resourceType` and `id`), for Observation and Communication see above. A line of one of these types is
+# decoded into these elements only (the rest of the line is validated and skipped without building
+# objects) and given to `add` as a dict of them, so everything is read, checked and reported by the
+# tolerant path itself. tests/test_inbound_fast.py records which elements `add` reads of thousands of
+# (damaged) resources and fails when one is not listed here.
+ELEMENTS_READ: dict[str, tuple[str, ...]] = {
+    "Patient": ("name",),
+    "Practitioner": ("name",),
+    "Organization": ("name",),
+    "RelatedPerson": ("patient", "name", "relationship"),
+    "Device": ("status", "patient", "type", "deviceName", "manufacturer", "modelNumber"),
+    "Consent": (
+        "status",
+        "patient",
+        "category",
+        "scope",
+        "provision",
+        "dateTime",
+        "sourceAttachment",
+        "sourceReference",
+    ),
+    "Encounter": ("status", "subject", "period", "length"),
+    "ChargeItem": (
+        "status",
+        "subject",
+        "code",
+        "identifier",
+        "occurrencePeriod",
+        "occurrenceDateTime",
+        "quantity",
+    ),
+}
+
+
+def _elements_struct(resource_type: str, elements: tuple[str, ...]) -> type[msgspec.Struct]:
+    """A struct of `id` and `elements`, tagged by resourceType. JSON `null` reads as None, an absent element
+    as UNSET: `add` tells the two apart (`"occurrencePeriod" in resource`)."""
+    fields = [(name, Any, msgspec.UNSET) for name in ("id", *elements)]
+    return msgspec.defstruct(f"_{resource_type}Elements", fields, tag_field="resourceType", tag=resource_type)
+
+
+_ELEMENTS_DECODER = msgspec.json.Decoder(
+    functools.reduce(operator.or_, (_elements_struct(*item) for item in ELEMENTS_READ.items()))
+)
+
+
+def elements_read(line: str | bytes) -> dict[str, Any] | None:
+    """The resource of a line of one of the types in ELEMENTS_READ, with only the elements `add` reads;
+    None for any other line (another type, not a JSON object, not JSON): read it the usual way."""
+    try:
+        decoded = _ELEMENTS_DECODER.decode(line)
+    except (msgspec.DecodeError, UnicodeError):
+        return None
+    resource = {"resourceType": decoded.__struct_config__.tag}
+    for name in decoded.__struct_fields__:
+        value = getattr(decoded, name)
+        if value is not _ABSENT:
+            resource[name] = value
+    return resource

@@ -12,6 +12,7 @@ import pytest
 
 from fhir_mapping.canon import CANON
 from fhir_mapping.inbound import InboundCollector
+from fhir_mapping.inbound_fast import ELEMENTS_READ
 from smart_app.inputs import BadLine, iter_input
 
 DROP = object()
@@ -178,7 +179,9 @@ def both_ways(
         pytest.param({"identifier": {"system": "urn:gw", "value": "R-1"}}, False, id="identifier-not-array"),
         pytest.param({"identifier": ["R-1"]}, False, id="identifier-not-an-object"),
         pytest.param({"device": "Device/dev1"}, False, id="device-not-an-object"),
-        pytest.param({"resourceType": "Device"}, False, id="not-an-observation"),
+        pytest.param({"resourceType": "Device"}, True, id="not-an-observation-read-as-a-device"),
+        pytest.param({"resourceType": "Bundle"}, False, id="bundle"),
+        pytest.param({"resourceType": "Basic"}, False, id="type-not-read"),
     ],
 )
 def test_fast_path_reads_exactly_what_add_reads(changes: dict[str, Any], taken: bool) -> None:
@@ -415,3 +418,86 @@ def test_time_entry_random_damage_never_makes_the_paths_differ() -> None:
     fast, tolerant, took = both_ways(lines, context=(RELATED,))
     assert fast == tolerant
     assert 0 < sum(took) < len(took)
+
+
+class _ReadLog(dict):  # type: ignore[type-arg]
+    """A resource that notes which elements are read of it (and fails on reading all of them)."""
+
+    def __init__(self, resource: dict[str, Any], read: set[str]) -> None:
+        super().__init__(resource)
+        self.read = read
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+    def __iter__(self) -> Any:
+        raise AssertionError("add iterates over a resource's elements")
+
+    keys = items = values = __iter__  # type: ignore[assignment]
+
+
+def _damaged(resource: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """A copy with one to three elements (at any depth) dropped, nulled or replaced by another JSON value."""
+    junk: list[Any] = [
+        None, "", " x ", 0, -1, 2.5, True, [], {}, ["x"], [{}], {"reference": "Patient/p1"},
+        {"start": "2026-03-01"}, "2026-03-05", "2026-03-05T07:30:00", "2026-13-01T00:00:00Z", "deny",
+        [{"coding": [{"system": f"{CANON}/CodeSystem/care-program", "code": "rpm"}]}],
+    ]  # fmt: skip
+    copy = json.loads(json.dumps(resource))
+    for _ in range(rng.randint(1, 3)):
+        node: Any = copy
+        while isinstance(node, dict | list) and node:
+            key: Any = rng.choice(list(node)) if isinstance(node, dict) else rng.randrange(len(node))
+            if key == "resourceType":
+                break
+            if not isinstance(node[key], dict | list) or rng.random() < 0.4:
+                if isinstance(node, dict) and rng.random() < 0.3:
+                    del node[key]
+                else:
+                    node[key] = json.loads(json.dumps(rng.choice(junk)))  # a fresh copy
+                break
+            node = node[key]
+        if rng.random() < 0.2:  # an element present as null, or one the contract does not read
+            copy[rng.choice(["occurrencePeriod", "length", "sourceReference", "extension", "text"])] = None
+    return copy
+
+
+def _other_resources() -> list[dict[str, Any]]:
+    """Synthetic resources of every type ELEMENTS_READ lists (one of each damaged several ways)."""
+    from smart_app.synth import generate
+
+    rng = random.Random(11)
+    resources = [r for r in generate(40, "2026-03", seed=3) if r["resourceType"] in ELEMENTS_READ]
+    resources += [{"resourceType": "Organization", "id": "org1", "name": "Clinic"}]
+    damaged = [_damaged(rng.choice(resources), rng) for _ in range(3_000)]
+    return resources + damaged
+
+
+def test_elements_read_lists_every_element_add_reads() -> None:
+    """`add` of these resources reads only `resourceType`, `id` and the elements ELEMENTS_READ lists."""
+    resources = _other_resources()
+    assert {r["resourceType"] for r in resources} == set(ELEMENTS_READ)
+    collector = InboundCollector()
+    for resource in resources:
+        read: set[str] = set()
+        collector.add(_ReadLog(resource, read))
+        allowed = {"resourceType", "id", *ELEMENTS_READ[resource["resourceType"]]}
+        assert read <= allowed, (resource["resourceType"], read - allowed)
+
+
+def test_other_resources_read_from_their_elements_as_add_reads_them() -> None:
+    """Both paths give the same records and the same skipped resources with the same words."""
+    lines = [json.dumps(resource) for resource in _other_resources()]
+    fast, tolerant, took = both_ways(lines)
+    assert fast == tolerant
+    assert all(took)
+    assert fast[1]  # some damage is reported (and reported alike)
