@@ -125,6 +125,7 @@ class _Communication(msgspec.Struct, rename="camel"):
 
 
 _DECODER = msgspec.json.Decoder(_Observation)
+_CONTENT_CODES = frozenset(RPM_CONTENT_CODES)
 _COMMUNICATION_DECODER = msgspec.json.Decoder(_Communication)
 _ABSENT = msgspec.UNSET
 
@@ -274,12 +275,12 @@ def _communication_draft(comm: _Communication, ctx: MapContext) -> tuple[str, Co
                 medium.append(sys.intern(code))
     categories = _codes(comm.category or (), COMMUNICATION_CATEGORY_CS)
     sender = _party(comm.sender, patient_id) if comm.sender is not None else None
-    recipients = tuple(_party(r, patient_id) for r in comm.recipient or ())
+    recipients = tuple([_party(r, patient_id) for r in comm.recipient or ()])
     content = _codes([comm.topic] if comm.topic is not None else (), systems.rpm_content_cs)
     for code in _codes(comm.reason_code or (), systems.rpm_content_cs):
         if code not in content:
             content.append(code)
-    if any(code not in RPM_CONTENT_CODES for code in content):
+    if not _CONTENT_CODES.issuperset(content):
         raise _NotCommon  # the tolerant path drops it with a finding
     notes = [text for item in comm.payload or () if (text := as_str(item.content_string))]
     notes += [text for item in comm.note or () if (text := as_str(item.text))]
