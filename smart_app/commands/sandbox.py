@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
-from smart_app.commands.serving import quiet_request_log, stop_on_sigterm
+from smart_app.commands.serving import quiet_request_log, serve_until_stopped
 from smart_app.errors import ExitCode
 from smart_app.sandbox.app import RunningSandbox, SandboxConfig, start_sandbox
 from smart_app.sandbox.auth_server import EHR_PATH, LIST_LIMIT
@@ -161,14 +161,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> ExitCode:
     out = out or sys.stdout
     quiet_request_log(getattr(args, "verbose", False))
     running = start_sandbox(config_from_args(args))
-    try:
-        backend_file = write_backend_client_file(running)
-        print(describe(running, backend_file), file=out, flush=True)
-        stop_on_sigterm()
-        while running.is_serving():
-            running.wait(0.5)
-    except KeyboardInterrupt:
-        print("rpm-billing sandbox: stopped", file=out, flush=True)
-    finally:
-        running.stop()
-    return ExitCode.OK
+    return serve_until_stopped(
+        "sandbox",
+        [running],
+        running.stop,
+        lambda: describe(running, write_backend_client_file(running)),
+        out,
+    )

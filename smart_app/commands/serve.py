@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from smart_app.commands.serving import quiet_request_log, stop_on_sigterm
+from smart_app.commands.serving import quiet_request_log, serve_until_stopped
 from smart_app.errors import ExitCode
 from smart_app.web.app import start_web_app
 from smart_app.web.config import WebConfig, load_config
@@ -56,13 +56,6 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> ExitCode:
     quiet_request_log(getattr(args, "verbose", False))
     config = load_config(args.config, port=args.port)
     running = start_web_app(config)
-    try:
-        print(describe(config, running.origin), file=out, flush=True)
-        stop_on_sigterm()
-        while running.is_serving():
-            running.wait(0.5)
-    except KeyboardInterrupt:
-        print("rpm-billing serve: stopped", file=out, flush=True)
-    finally:
-        running.stop()
-    return ExitCode.OK
+    return serve_until_stopped(
+        "serve", [running], running.stop, lambda: describe(config, running.origin), out
+    )

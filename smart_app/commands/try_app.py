@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
-from smart_app.commands.serving import quiet_request_log, stop_on_sigterm
+from smart_app.commands.serving import quiet_request_log, serve_until_stopped
 from smart_app.errors import ExitCode
 from smart_app.sandbox.app import RunningSandbox, SandboxConfig, start_sandbox
 from smart_app.sandbox.auth_server import EHR_PATH
@@ -158,13 +158,4 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> ExitCode:
         policy=args.policy,
         auto_approve=args.auto_approve,
     )
-    try:
-        print(describe(stack), file=out, flush=True)
-        stop_on_sigterm()
-        while stack.web.is_serving() and stack.sandbox.is_serving():
-            stack.web.wait(0.5)
-    except KeyboardInterrupt:
-        print("rpm-billing try: stopped", file=out, flush=True)
-    finally:
-        stack.stop()
-    return ExitCode.OK
+    return serve_until_stopped("try", [stack.web, stack.sandbox], stack.stop, lambda: describe(stack), out)
