@@ -18,6 +18,7 @@ from tests.test_month_end_support import (
     FaultProxy,
     LiveServer,
     active_charges,
+    capability_statement,
     consent,
     is_transaction,
     live,
@@ -128,26 +129,13 @@ def test_a_server_whose_capability_statement_lacks_chargeitem_writes_is_never_wr
     live: LiveServer, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pids = two_patients(live)
-    capabilities = {
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "kind": "instance",
-        "fhirVersion": "4.0.1",
-        "format": ["json"],
-        "rest": [
-            {
-                "mode": "server",
-                "interaction": [{"code": "transaction"}, {"code": "batch"}],
-                "resource": [
-                    {"type": "ChargeItem", "interaction": [{"code": "read"}, {"code": "search-type"}]},
-                    {
-                        "type": "DocumentReference",
-                        "interaction": [{"code": c} for c in ("read", "create", "update")],
-                    },
-                ],
-            }
+    capabilities = capability_statement(
+        [
+            {"type": "ChargeItem", "interaction": [{"code": "read"}, {"code": "search-type"}]},
+            {"type": "DocumentReference", "interaction": [{"code": c} for c in ("read", "create", "update")]},
         ],
-    }
+        ["transaction", "batch"],
+    )
     proxy.add(
         Fault(lambda m, path, body: path.endswith("/metadata"), status=200, body=capabilities, times=None)
     )

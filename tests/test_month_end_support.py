@@ -120,6 +120,24 @@ def phone_call(pid: str, start: datetime, minutes: int, cid: str, sender: str = 
     }
 
 
+def capability_statement(resources: list[Resource], interactions: Iterable[str] = ()) -> Resource:
+    """A server's CapabilityStatement: whole-system `interactions` (batch, transaction) and `resources`."""
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "kind": "instance",
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [
+            {
+                "mode": "server",
+                "interaction": [{"code": code} for code in interactions],
+                "resource": resources,
+            }
+        ],
+    }
+
+
 def rpm_patient(
     pid: str,
     *,

@@ -25,6 +25,7 @@ from smart_app.pipeline import RunOptions, evaluate
 from smart_app.reads import fetch_patient_month, parse_charge_key, population
 from tests.test_month_end_support import (
     NY,
+    capability_statement,
     consent,
     daily_readings,
     device,
@@ -83,20 +84,7 @@ class FakeFhir:
             if type_ == "DocumentReference" and period_param:
                 cap["searchParam"] = [{"name": "period", "type": "date"}]
             resource_caps.append(cap)
-        self.capabilities = {
-            "resourceType": "CapabilityStatement",
-            "status": "active",
-            "kind": "instance",
-            "fhirVersion": "4.0.1",
-            "format": ["json"],
-            "rest": [
-                {
-                    "mode": "server",
-                    "interaction": [{"code": "batch"}] if batch else [],
-                    "resource": resource_caps,
-                }
-            ],
-        }
+        self.capabilities = capability_statement(resource_caps, ["batch"] if batch else [])
 
     # -- HTTP ---------------------------------------------------------------------------------------
 

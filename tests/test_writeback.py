@@ -28,6 +28,7 @@ from smart_app.pipeline import RunOptions, evaluate
 from smart_app.reads import PatientFetch
 from smart_app.writeback import WritePlan, apply_plan, plan_bundles, plan_month_writes
 from tests.builders import NY, PID, call, consent, daily_readings, device, records
+from tests.test_month_end_support import capability_statement
 
 SETTINGS = WriteSettings(billing_practitioner="Practitioner/biller")
 MONTH = YearMonth(2026, 3)
@@ -325,23 +326,13 @@ def test_describe_and_export_name_every_write_without_urn_references() -> None:
 # apply_plan over HTTP (responses)
 # --------------------------------------------------------------------------------------------------
 
-CAPABILITIES = {
-    "resourceType": "CapabilityStatement",
-    "status": "active",
-    "kind": "instance",
-    "fhirVersion": "4.0.1",
-    "format": ["json"],
-    "rest": [
-        {
-            "mode": "server",
-            "interaction": [{"code": "transaction"}, {"code": "batch"}],
-            "resource": [
-                {"type": t, "interaction": [{"code": c} for c in ("read", "create", "update", "search-type")]}
-                for t in ("ChargeItem", "DocumentReference")
-            ],
-        }
+CAPABILITIES = capability_statement(
+    [
+        {"type": t, "interaction": [{"code": c} for c in ("read", "create", "update", "search-type")]}
+        for t in ("ChargeItem", "DocumentReference")
     ],
-}
+    ["transaction", "batch"],
+)
 
 
 def client(limits: ServerLimits | None = None, **kwargs: Any) -> FhirClient:
