@@ -15,6 +15,7 @@ from billing.model import Activity, ActivityKind, Reading, new_activity
 from fhir_mapping.canon import RPM_ACTIVITY_CODES
 from fhir_mapping.fhirtime import FhirTime, duration_seconds, parse_moment
 from fhir_mapping.inbound_common import (
+    REFERENCE_CACHE,
     Json,
     MapContext,
     as_dict,
@@ -105,7 +106,7 @@ def _device_id(resource: Json) -> str | None:
     return device_reference_id(reference) if isinstance(reference, str) else ""
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=REFERENCE_CACHE)
 def device_reference_id(raw: str) -> str:
     """`_device_id` of a `device.reference` string (a patient's readings name the same few devices)."""
     reference = as_str(raw)
