@@ -501,3 +501,38 @@ def test_other_resources_read_from_their_elements_as_add_reads_them() -> None:
     assert fast == tolerant
     assert all(took)
     assert fast[1]  # some damage is reported (and reported alike)
+
+
+@pytest.mark.parametrize(
+    ("line", "taken"),
+    [
+        pytest.param(
+            '{"resourceType":"Encounter","id":"e1","subject":{"reference":"Patient/p1"},'
+            '"length":{"value":123456789012345678901234567890,"unit":"min"}}',
+            True,
+            id="huge-integer-as-json-reads-it",
+        ),
+        pytest.param(
+            '{"resourceType":"Encounter","id":"e1","subject":{"reference":"Patient/p1"},'
+            '"length":{"value":1e400,"unit":"min"}}',
+            False,
+            id="number-out-of-range",
+        ),
+        pytest.param(
+            '{"resourceType":"Patient","id":"p1","name":[{"text":"\\ud800"}]}', False, id="lone-surrogate"
+        ),
+        pytest.param('{"resourceType":"Patient","id":"p1","name":NaN}', False, id="nan"),
+        pytest.param(
+            '{"resourceType":"Patient","id":"p1","name":[{"text":"A"}],"name":[{"text":"B"}]}',
+            True,
+            id="repeated-key-last-wins",
+        ),
+        pytest.param(
+            '{"resourceType":"Patient","id":"p1","resourceType":"Device"}', False, id="repeated-type"
+        ),
+    ],
+)
+def test_elements_path_takes_only_what_it_reads_as_json_does(line: str, taken: bool) -> None:
+    fast, tolerant, took = both_ways([line])
+    assert fast == tolerant
+    assert took == [taken]
