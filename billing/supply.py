@@ -93,7 +93,6 @@ def device_data(
     in_order = True
     previous_time = _NEVER  # (time, id) of the previous reading that got this far
     previous_id = ""
-    with_identifier = without_identifier = False
     for reading in readings:
         # Why a reading does not count, in this order.
         program = reading.program
@@ -146,18 +145,18 @@ def device_data(
         item: QualifyingReading = new(QualifyingReading, (reading, episode, day))
         identifier = reading.identifier
         if identifier is None:
-            without_identifier = True
             qualifying.append(item)
             continue
-        with_identifier = True
-        kept = best_by_identifier.get(identifier)
-        if kept is None or moment < kept.reading.time:
+        kept = best_by_identifier.setdefault(identifier, item)  # one look-up for a first copy
+        if kept is not item and moment < kept.reading.time:
             best_by_identifier[identifier] = item
-    if in_order and fixed_offsets and not (with_identifier and without_identifier):
+    # `qualifying` holds the readings without an identifier so far.
+    mixed = bool(best_by_identifier) and bool(qualifying)
+    if in_order and fixed_offsets and not mixed:
         # Sorted input, instants totally ordered: no later copy is earlier than the one kept, so the kept
         # copies (in the dict's insertion order) or the readings without identifier are a subsequence of
         # the sorted readings, which is what the stable sort below would return.
-        if with_identifier:
+        if best_by_identifier:
             qualifying = list(best_by_identifier.values())
     else:
         qualifying.extend(best_by_identifier.values())
