@@ -145,7 +145,8 @@ def evaluate_month(
         windows.extend(episode_found)
         if len(all_episodes) == 1:
             devices_read = {id(w): d for w, d in zip(episode_found, device_sets, strict=True)}
-    month_windows = [w for w in windows if w.belongs_to == month]
+    # The windows that belong to the month (`belongs_to == month`: they end in it), by their last day.
+    month_windows = [w for w in windows if first_day <= w.last_day <= last_day]
     shown_windows = [w for w in windows if w.first_day <= last_day and w.last_day >= first_day]
     data_days_in_month = len({day for _, _, day in qualifying if first_day <= day <= last_day})
     # Readings are looked at against the month and its windows several times: decide that once. Every window
@@ -497,6 +498,7 @@ def _setup(
     pid = records.patient_id
     existing = rules.active_charges(records.charges, (SETUP,))
     any_setup_window = False
+    decided = False  # a 99453 line was added, refused or billed (only this function adds one)
     for episode in all_episodes:
         own = [w for w in windows if w.episode_index == episode.index]
         setup_window = next((w for w in own if w.day_count >= policy_at(w.belongs_to).setup_min_days), None)
@@ -504,7 +506,6 @@ def _setup(
             continue
         any_setup_window = True
         key = charge_key(pid, SETUP, setup_window.first_day)
-        label = _window_label(setup_window)
         blockers = [
             c for c in existing if c.charge_key != key and _blocks_setup(c, episode, policy_at(month))
         ]
@@ -516,12 +517,14 @@ def _setup(
                 continue
             found.flag("setup-earlier-month", f"99453 belongs to {owner}, not billed")
             continue
+        decided = True  # from here on a 99453 line is added, refused or billed
         if blockers:
             ref = ", ".join(f"ChargeItem/{c.id}" if c.id else c.charge_key or "?" for c in blockers)
             found.not_billed.append(
                 NotBilled(SETUP, f"set-up already billed once for this patient ({ref})", setup_window.period)
             )
             continue
+        label = _window_label(setup_window)
         rtm = rules.rtm_block(records.charges, setup_window.period)
         if rtm is not None:
             found.not_billed.append(NotBilled(SETUP, f"{label}: {_rtm_reason(rtm)}", setup_window.period))
@@ -543,7 +546,7 @@ def _setup(
                 ),
             )
         )
-    if not any(line.code == SETUP for line in found.codes):
+    if not decided:
         if not any_setup_window:
             minimum = policy_at(month).setup_min_days
             reason = f"no 30-day window of the episode has reached {minimum} data days yet"
@@ -553,8 +556,7 @@ def _setup(
             reason = (
                 "set-up goes with the episode's first qualifying window, which does not end in this month"
             )
-        if not any(n.code == SETUP for n in found.not_billed):
-            found.not_billed.append(NotBilled(SETUP, reason))
+        found.not_billed.append(NotBilled(SETUP, reason))
 
 
 def _blocks_setup(charge: rules.ExistingCharge, episode: Episode, policy: Policy) -> bool:
