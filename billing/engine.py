@@ -36,6 +36,8 @@ from billing.result import (
     SupplyWindow,
     activity_outcome,
     charge_key,
+    code_line,
+    month_result,
 )
 from billing.supply import (
     DeviceData,
@@ -197,7 +199,7 @@ def evaluate_month(
         data_days_in_month,
         found,
     )
-    return MonthResult(
+    return month_result(
         patient_id=pid,
         month=month,
         policy=policy,
@@ -387,7 +389,7 @@ def _management(
             found.not_billed.append(NotBilled(pick.code, _rtm_reason(blocker), month_period))
             continue
         found.codes.append(
-            CodeLine(
+            code_line(
                 code=pick.code,
                 units=pick.units,
                 period=month_period,
@@ -434,7 +436,7 @@ def _supply(
         found.not_billed.append(NotBilled(pick.code, f"{label}: {_rtm_reason(blocker)}", window.period))
         return
     found.codes.append(
-        CodeLine(
+        code_line(
             code=pick.code,
             units=1,
             period=window.period,
@@ -531,7 +533,7 @@ def _setup(
             continue
         minimum = policy_at(owner).setup_min_days
         found.codes.append(
-            CodeLine(
+            code_line(
                 code=SETUP,
                 units=1,
                 period=setup_window.period,

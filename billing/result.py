@@ -122,6 +122,38 @@ class SupplyWindow:
         return len(self.data_days)
 
 
+def supply_window(
+    episode_index: int,
+    index: int,
+    first_day: date,
+    last_day: date,
+    period: Period,
+    data_days: tuple[date, ...],
+    device_types: tuple[str, ...],
+    closed: bool,
+    reading_refs: tuple[str, ...] = (),
+) -> SupplyWindow:
+    """`SupplyWindow(...)` with the same arguments, for the engine (every window of every patient-month):
+    the constructor's object without the frozen `__init__`, as `activity_outcome` (1.2 against ~0.5 us)."""
+    window = _NEW(SupplyWindow)
+    _SET(
+        window,
+        "__dict__",
+        {
+            "episode_index": episode_index,
+            "index": index,
+            "first_day": first_day,
+            "last_day": last_day,
+            "period": period,
+            "data_days": data_days,
+            "device_types": device_types,
+            "closed": closed,
+            "reading_refs": reading_refs,
+        },
+    )
+    return window
+
+
 @dataclass(frozen=True)
 class CodeLine:
     """A code billed (or previewed) for a period."""
@@ -133,6 +165,33 @@ class CodeLine:
     reason: str
     charge_key: str  # "{patient id}|{code}|{period start as YYYY-MM-DD}"
     evidence: tuple[str, ...] = ()  # FHIR references: Consent, Device, interactive Communications
+
+
+def code_line(
+    code: str,
+    units: int,
+    period: Period,
+    status: ChargeStatus,
+    reason: str,
+    charge_key: str,
+    evidence: tuple[str, ...] = (),
+) -> CodeLine:
+    """`CodeLine(...)` with the same arguments, built as `activity_outcome` is (1.0 against ~0.45 us)."""
+    line = _NEW(CodeLine)
+    _SET(
+        line,
+        "__dict__",
+        {
+            "code": code,
+            "units": units,
+            "period": period,
+            "status": status,
+            "reason": reason,
+            "charge_key": charge_key,
+            "evidence": evidence,
+        },
+    )
+    return line
 
 
 @dataclass(frozen=True)
@@ -194,6 +253,59 @@ class MonthResult:
         for line in self.codes:
             units[line.code] = units.get(line.code, 0) + line.units
         return units
+
+
+def month_result(
+    patient_id: str,
+    month: YearMonth,
+    policy: Policy,
+    as_of: datetime,
+    month_period: Period,
+    preview: bool,
+    consents: tuple[ConsentRecord, ...],
+    episodes: tuple[Episode, ...],
+    devices: tuple[DeviceRecord, ...],
+    windows: tuple[SupplyWindow, ...],
+    activities: tuple[ActivityOutcome, ...],
+    total_seconds: int,
+    interactive_count: int,
+    attempt_count: int,
+    data_days_in_month: int,
+    readings_skipped: tuple[tuple[str, int], ...],
+    codes: tuple[CodeLine, ...],
+    not_billed: tuple[NotBilled, ...],
+    flags: tuple[Flag, ...],
+    display_name: str | None = None,
+) -> MonthResult:
+    """`MonthResult(...)` with the same arguments, built as `activity_outcome` is (one per patient-month)."""
+    result = _NEW(MonthResult)
+    _SET(
+        result,
+        "__dict__",
+        {
+            "patient_id": patient_id,
+            "month": month,
+            "policy": policy,
+            "as_of": as_of,
+            "month_period": month_period,
+            "preview": preview,
+            "consents": consents,
+            "episodes": episodes,
+            "devices": devices,
+            "windows": windows,
+            "activities": activities,
+            "total_seconds": total_seconds,
+            "interactive_count": interactive_count,
+            "attempt_count": attempt_count,
+            "data_days_in_month": data_days_in_month,
+            "readings_skipped": readings_skipped,
+            "codes": codes,
+            "not_billed": not_billed,
+            "flags": flags,
+            "display_name": display_name,
+        },
+    )
+    return result
 
 
 def charge_key(patient_id: str, code: str, period_start: date) -> str:

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from billing.consent import Episode, InstantSpans
 from billing.model import DeviceRecord, Reading
 from billing.periods import WINDOW_DAYS, HourDays, day_period, hour_days, learn_local_day, window_days
-from billing.result import SupplyWindow
+from billing.result import SupplyWindow, supply_window
 
 # Why a reading does not count, in words a billing person understands.
 SKIP_PATIENT_REPORTED = "patient-reported (no device)"
@@ -241,7 +241,7 @@ def windows_of_episode(
         first, last = window_days(anchor, index)
         period = day_period(first, last, tz)
         windows.append(
-            SupplyWindow(
+            supply_window(
                 episode_index=episode.index,
                 index=index,
                 first_day=first,

@@ -5,14 +5,29 @@ from __future__ import annotations
 import random
 from dataclasses import fields
 from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from billing.consent import Episode
 from billing.model import Activity, ActivityKind, DeviceRecord, Reading
-from billing.periods import hour_days, learn_local_day, local_date
-from billing.result import ActivityClass, ActivityOutcome, activity_outcome
+from billing.periods import Period, YearMonth, hour_days, learn_local_day, local_date
+from billing.policy import CMS_2026
+from billing.result import (
+    ActivityClass,
+    ActivityOutcome,
+    ChargeStatus,
+    CodeLine,
+    Flag,
+    MonthResult,
+    NotBilled,
+    SupplyWindow,
+    activity_outcome,
+    code_line,
+    month_result,
+    supply_window,
+)
 from billing.supply import SKIP_OUTSIDE_CONSENT, QualifyingReading, device_data
 
 
@@ -25,6 +40,67 @@ def test_activity_outcome_is_the_constructor() -> None:
     assert built == made and repr(built) == repr(made) and hash(built) == hash(made)
     assert list(vars(built)) == [f.name for f in fields(ActivityOutcome)] == list(vars(made))
     assert activity_outcome(*values[:7]) == ActivityOutcome(*values[:7])  # the defaults
+
+
+def _same_object(built: Any, made: Any) -> None:
+    """What the constructor would have made: same type, equality, repr, hash and fields in order."""
+    assert type(built) is type(made)
+    assert built == made and repr(built) == repr(made) and hash(built) == hash(made)
+    assert list(vars(built)) == [f.name for f in fields(made)] == list(vars(made))
+
+
+_PERIOD = Period(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 31, tzinfo=UTC))
+
+
+def test_supply_window_is_the_constructor() -> None:
+    values = (
+        1,
+        2,
+        date(2026, 3, 1),
+        date(2026, 3, 30),
+        _PERIOD,
+        (date(2026, 3, 2),),
+        ("scale",),
+        True,
+        ("a",),
+    )
+    _same_object(supply_window(*values), SupplyWindow(*values))
+    _same_object(supply_window(*values[:8]), SupplyWindow(*values[:8]))  # the default
+
+
+def test_code_line_is_the_constructor() -> None:
+    values = ("99454", 1, _PERIOD, ChargeStatus.PLANNED, "why", "p|99454|2026-03-01", ("Device/d1",))
+    _same_object(code_line(*values), CodeLine(*values))
+    _same_object(code_line(*values[:6]), CodeLine(*values[:6]))  # the default
+
+
+def test_month_result_is_the_constructor() -> None:
+    window = SupplyWindow(0, 0, date(2026, 3, 1), date(2026, 3, 30), _PERIOD, (), (), False)
+    line = CodeLine("99457", 1, _PERIOD, ChargeStatus.BILLABLE, "why", "key")
+    values = (
+        "p1",
+        YearMonth(2026, 3),
+        CMS_2026,
+        datetime(2026, 4, 15, tzinfo=UTC),
+        _PERIOD,
+        False,
+        (),
+        (Episode(0, datetime(2026, 1, 1, tzinfo=UTC), None, ("c1",)),),
+        (DeviceRecord("d1", "active"),),
+        (window,),
+        (),
+        1260,
+        1,
+        0,
+        12,
+        (("outside RPM consent", 2),),
+        (line,),
+        (NotBilled("99458", "needs 40 minutes", _PERIOD),),
+        (Flag("low-data-days", "text"),),
+        "Ann",
+    )
+    _same_object(month_result(*values), MonthResult(*values))
+    _same_object(month_result(*values[:19]), MonthResult(*values[:19]))  # the default
 
 
 ZONES = ("America/New_York", "America/Santiago", "Asia/Kolkata", "Australia/Lord_Howe", "Pacific/Chatham")
