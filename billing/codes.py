@@ -98,8 +98,12 @@ def rtm_block(charges: Sequence[ExistingCharge], period: Period) -> ExistingChar
 
     An occurrence period without an end is ongoing (FHIR Period semantics), so it overlaps every later period.
     """
-    for charge in active_charges(charges, RTM_CODES):
-        if period.overlaps(charge.period_start, charge.period_end):
+    for charge in charges:  # `active_charges(charges, RTM_CODES)`, without a list (asked per period)
+        if (
+            charge.code in RTM_CODES
+            and charge.status not in INACTIVE_CHARGE_STATUSES
+            and period.overlaps(charge.period_start, charge.period_end)
+        ):
             return charge
     return None
 
