@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from billing import codes as rules
 from billing.classify import Classifier, Traits, chat_sessions
 from billing.consent import Episode, InstantSpans, episodes
-from billing.minutes import MonthClock, activity_seconds
+from billing.minutes import MonthClock, has_duration
 from billing.model import Activity, ConsentRecord, PatientRecords
 from billing.periods import Period, YearMonth, zone
 from billing.policy import Policy
@@ -178,7 +178,9 @@ def evaluate_month(
     evidence_base = _consent_refs(records.consents, all_episodes, month_period) + tuple(
         f"Device/{d.id}" for d in records.devices if d.status != "entered-in-error"
     )
-    _management(records, month_period, policy, as_of, outcomes, total_seconds, evidence_base, found)
+    _management(
+        records, month_period, policy, as_of, outcomes, interactive, total_seconds, evidence_base, found
+    )
     for window in month_windows:
         evidence = _window_evidence(window, records, all_episodes, qualifying, devices_read.get(id(window)))
         _supply(records, window, policy, evidence, found)
@@ -355,13 +357,14 @@ def _management(
     policy: Policy,
     as_of: datetime,
     outcomes: Sequence[ActivityOutcome],
+    interactive: Sequence[ActivityOutcome],
     total_seconds: int,
     evidence_base: tuple[str, ...],
     found: _Findings,
 ) -> None:
+    """`interactive`: the outcomes of the interactive activities, in order."""
     minutes = total_seconds // 60
-    counted = [o for o in outcomes if o.counts_minutes and o.in_consent]
-    interactive = [o for o in outcomes if o.activity_class is ActivityClass.INTERACTIVE]
+    counted = any(o.counts_minutes and o.in_consent for o in outcomes)
 
     def refuse_all(reason: str) -> None:
         for code in MANAGEMENT_CODES:
@@ -611,23 +614,33 @@ def _flags(
             )
     for reason, count in skipped_in_reach:
         found.flag("readings-skipped", f"{count} reading(s) skipped: {reason}")
+    # What the later flags need from the activities is gathered on the way (one pass).
+    attempts = 0
+    any_interactive = False
+    naive: list[str] = []
     for outcome, known in zip(outcomes, traits, strict=True):
         activity = outcome.activity
-        relevant_activity = outcome.in_consent and (
-            outcome.counts_minutes or outcome.activity_class is ActivityClass.INTERACTIVE
-        )
-        if not relevant_activity:
+        interactive = outcome.activity_class is ActivityClass.INTERACTIVE
+        if interactive:
+            any_interactive = True
+        if activity.naive_time:
+            naive.append(activity.reference)
+        if not outcome.in_consent:
+            continue
+        if outcome.attempt:
+            attempts += 1
+        if not (outcome.counts_minutes or interactive):
             continue
         if known is None:  # not classified here (every relevant activity is)
             known = Classifier(policy).traits(activity)
-        if activity_seconds(activity) is None:
+        if not has_duration(activity):
             found.flag(
                 "missing-duration",
                 f"{activity.reference} ({known.description}) has no duration: counted as 0 minutes",
             )
         if not known.has_performer:
             found.flag("missing-performer", f"{activity.reference} ({known.description}) has no performer")
-        if outcome.activity_class is ActivityClass.INTERACTIVE and known.involves_ai:
+        if interactive and known.involves_ai:
             found.flag("ai-contact", f"{activity.reference} was an AI-system contact: review before billing")
     for window in month_windows:
         if len(window.device_types) > 1:
@@ -636,10 +649,8 @@ def _flags(
                 f"{_window_label(window)} has readings from {len(window.device_types)} device types: "
                 + ", ".join(window.device_types),
             )
-    attempts = sum(1 for o in outcomes if o.attempt and o.in_consent)
-    if attempts and not any(o.activity_class is ActivityClass.INTERACTIVE for o in outcomes):
+    if attempts and not any_interactive:
         found.flag("unreachable", f"{attempts} attempts, no interactive contact")
-    naive = [o.activity.reference for o in outcomes if o.activity.naive_time]
     if data.any_naive:
         naive += [f"Observation/{q.reading.id}" for q in relevant_qualifying if q.reading.naive_time]
     naive += [f"Consent/{c.id}" for c in records.consents if c.naive_time]

@@ -22,6 +22,11 @@ def activity_seconds(activity: Activity) -> int | None:
     return None
 
 
+def has_duration(activity: Activity) -> bool:
+    """`activity_seconds(activity) is not None` (an interval or a length), without computing it."""
+    return (activity.start is not None and activity.end is not None) or activity.duration_seconds is not None
+
+
 class MonthClock:
     """Adds counted activities in time order and reports what each one added after merging overlaps."""
 
