@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from billing.consent import Episode
+from billing.engine import _readings_between
 from billing.model import Activity, ActivityKind, DeviceRecord, Reading
 from billing.periods import Period, YearMonth, hour_days, learn_local_day, local_date
 from billing.policy import CMS_2026
@@ -193,3 +194,30 @@ def test_device_data_matches_the_reference(seed: int) -> None:
         assert [q.reading.time.isoformat() for q in data.qualifying] == [
             t.isoformat() for _, t, _, _ in expected
         ]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_readings_between_matches_the_span_test(seed: int) -> None:
+    """The first/last shortcut of `_readings_between` against the test it stands for, spans around, inside
+    and outside the readings (fixed offsets: a slice; the practice zone's bounds)."""
+    rng = random.Random(seed)
+    tz = ZoneInfo("America/New_York")
+    base = datetime(2026, 3, 1, tzinfo=UTC)
+    devices = [DeviceRecord("d1", "active")]
+    all_episodes = [Episode(0, base - timedelta(days=90), None, ("c1",))]
+    readings = [
+        Reading(
+            id=f"o{i}",
+            time=(base + timedelta(days=rng.uniform(-60, 40))).astimezone(rng.choice(OFFSETS)),
+            device_id="d1",
+            identifier=f"s|{i}",
+        )
+        for i in range(rng.choice([0, 1, 5, 50]))
+    ]
+    readings.sort(key=lambda r: (r.time, r.id))
+    data = device_data(readings, devices, all_episodes, tz)
+    for _ in range(30):
+        start = datetime(2026, 3, 1, tzinfo=tz) - timedelta(days=rng.choice([0, 1, 29, 70, 120]))
+        end = datetime(2026, 3, 1, tzinfo=tz) + timedelta(days=rng.choice([-80, 0, 10, 31, 60]))
+        expected = [q for q in data.qualifying if start <= q.reading.time < end]
+        assert _readings_between(data, (start, end)) == expected
