@@ -32,7 +32,6 @@ from billing.model import Activity, ActivityKind, PartyKind, Reading, new_activi
 from fhir_mapping.canon import COMMUNICATION_CATEGORY_CS, RPM_ACTIVITY_CODES, RPM_CONTENT_CODES
 from fhir_mapping.fhirtime import PLAIN_LENGTHS, parse_moment, plain_moment
 from fhir_mapping.inbound_common import (
-    REFERENCE_CACHE,
     MapContext,
     as_str,
     patient_reference_id,
@@ -336,7 +335,7 @@ def _party(element: _Reference, patient_id: str) -> PartyRow:
     )
 
 
-@functools.lru_cache(maxsize=REFERENCE_CACHE)
+@functools.lru_cache(maxsize=4096)
 def _referenced(reference: str | None, display: str | None, patient_id: str) -> PartyRow:
     """`_party` of a reference and display that are strings or absent (anything else reads as absent).
 

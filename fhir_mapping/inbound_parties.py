@@ -15,7 +15,6 @@ from functools import lru_cache
 
 from billing.model import Party, PartyKind
 from fhir_mapping.inbound_common import (
-    REFERENCE_CACHE,
     Json,
     as_dict,
     as_str,
@@ -39,7 +38,7 @@ _KINDS = {kind.value: kind for kind in PartyKind}
 PartyRow = tuple[str, str, str | None]
 
 
-@lru_cache(maxsize=REFERENCE_CACHE)
+@lru_cache(maxsize=4096)
 def party_of(row: PartyRow) -> Party:
     """The Party of a row (one shared, immutable Party per distinct row)."""
     return Party(_KINDS[row[0]], row[1], row[2])
@@ -62,8 +61,8 @@ def provisional_party(element: object, patient_id: str, contained: Mapping[str, 
 
 
 # The same few parties (the patient, the care team) take part in most of a patient's Communications: one
-# shared row each. Bounded (REFERENCE_CACHE).
-@lru_cache(maxsize=REFERENCE_CACHE)
+# shared row each. Bounded (a few per patient are kept; the reference strings themselves by REFERENCE_CACHE).
+@lru_cache(maxsize=4096)
 def referenced_party(reference: str, display: str | None, patient_id: str) -> PartyRow:
     parts = split_reference(reference)
     if parts is None:
