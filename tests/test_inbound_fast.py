@@ -523,6 +523,9 @@ def test_other_resources_read_from_their_elements_as_add_reads_them() -> None:
         ),
         pytest.param('{"resourceType":"Patient","id":"p1","name":NaN}', False, id="nan"),
         pytest.param(
+            '{"resourceType":"Patient","\\u0069d":"p1","n\\u0061me":[{"text":"A"}]}', True, id="escaped-keys"
+        ),
+        pytest.param(
             '{"resourceType":"Patient","id":"p1","name":[{"text":"A"}],"name":[{"text":"B"}]}',
             True,
             id="repeated-key-last-wins",
