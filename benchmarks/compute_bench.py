@@ -145,6 +145,9 @@ def main() -> None:
     if args.child:
         child(args.child, args.input, args.month)
         return
+    busy = os.getloadavg()[0]
+    if busy > 0.5:  # CPU seconds grow when the other core (often a hyperthread of the same one) is busy
+        print(f"note: load average {busy:.2f}; other work running now makes these figures 10-15 % lower")
     with tempfile.TemporaryDirectory(prefix="rpm-bench-") as tmp:
         results = {}
         for n in sorted({max(1, args.patients // 2), args.patients}):
