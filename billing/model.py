@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 
 class PartyKind(StrEnum):
@@ -145,8 +145,8 @@ class Activity:
     ) -> Activity:
         """This activity with other parties: `dataclasses.replace`, without its generic (and, for the
         thousands of time entries of a month, slow) path."""
-        return _activity_from(
-            {**self.__dict__, "sender": sender, "recipients": recipients, "performers": performers}
+        return frozen_from_fields(
+            Activity, {**self.__dict__, "sender": sender, "recipients": recipients, "performers": performers}
         )
 
 
@@ -161,13 +161,20 @@ def new_activity(**values: Any) -> Activity:
         if unknown:
             raise TypeError(f"Activity has no field {sorted(unknown)[0]!r}")
         raise TypeError(f"Activity needs {sorted(_ACTIVITY_REQUIRED - values.keys())[0]!r}")
-    return _activity_from({**_ACTIVITY_DEFAULTS, **values})
+    return frozen_from_fields(Activity, {**_ACTIVITY_DEFAULTS, **values})
 
 
-def _activity_from(values: dict[str, Any]) -> Activity:
-    activity = object.__new__(Activity)
-    object.__setattr__(activity, "__dict__", values)
-    return activity
+_Frozen = TypeVar("_Frozen")
+
+
+def frozen_from_fields(cls: type[_Frozen], values: dict[str, Any]) -> _Frozen:
+    """`cls(**values)` for a frozen dataclass without slots whose `values` name every field in order: the
+    same object, its `__dict__` set at once instead of the frozen `__init__`'s guarded `object.__setattr__`
+    per field. For the records built by the thousand (Activities, their outcomes, windows, code lines);
+    each builder has a test keeping it equal to the constructor."""
+    built = object.__new__(cls)
+    object.__setattr__(built, "__dict__", values)
+    return built
 
 
 @dataclass(frozen=True, slots=True)
