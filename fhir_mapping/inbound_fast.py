@@ -31,12 +31,7 @@ import msgspec
 from billing.model import Activity, ActivityKind, PartyKind, Reading, new_activity
 from fhir_mapping.canon import COMMUNICATION_CATEGORY_CS, RPM_ACTIVITY_CODES, RPM_CONTENT_CODES
 from fhir_mapping.fhirtime import PLAIN_LENGTHS, parse_moment, plain_moment
-from fhir_mapping.inbound_common import (
-    MapContext,
-    as_str,
-    patient_reference_id,
-    split_reference,
-)
+from fhir_mapping.inbound_common import MapContext, as_str, patient_reference_id, split_reference
 from fhir_mapping.inbound_communication import PARTICIPATION_MODE_SYSTEMS, CommunicationDraft
 from fhir_mapping.inbound_observation import (
     OBSERVATION_STATUSES,

@@ -14,14 +14,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 
 from billing.model import Party, PartyKind
-from fhir_mapping.inbound_common import (
-    Json,
-    as_dict,
-    as_str,
-    human_name,
-    patient_of,
-    split_reference,
-)
+from fhir_mapping.inbound_common import Json, as_dict, as_str, human_name, patient_of, split_reference
 from fhir_mapping.inbound_records import DeviceInfo, RelatedPersonInfo, map_related_person
 
 # Kinds a reference's type alone decides.
