@@ -89,6 +89,28 @@ def call(changes: dict[str, Any]) -> str:
     return variant(changes, CALL)
 
 
+def damaged_variants(
+    base: dict[str, Any],
+    extra_keys: list[str],
+    junk: list[Any],
+    count: int,
+    most: int,
+    prefix: str,
+    seed: int,
+) -> list[str]:
+    """`count` lines of `base`, each with 1 to `most` of its elements (or of `extra_keys`) dropped or given
+    one of `junk`; ids `<prefix><n>`."""
+    rng = random.Random(seed)
+    keys = [k for k in base if k != "resourceType"] + extra_keys
+    lines = []
+    for number in range(count):
+        changes: dict[str, Any] = {"id": f"{prefix}{number}"}
+        for key in rng.sample(keys, rng.randint(1, most)):
+            changes[key] = rng.choice([DROP, *junk])
+        lines.append(variant(changes, base))
+    return lines
+
+
 def finished(collector: InboundCollector) -> tuple[object, object]:
     patients, skipped = collector.finish()
     return {pid: patients[pid] for pid in patients}, skipped
@@ -208,15 +230,8 @@ def test_later_copy_replaces_earlier_whichever_path_reads_them() -> None:
 
 def test_random_damage_never_makes_the_paths_differ() -> None:
     """2,000 readings with elements dropped, nulled or given another JSON type."""
-    rng = random.Random(7)
     junk: list[Any] = [None, "", " ", 0, 1.5, True, [], {}, ["x"], {"reference": "Patient/p1"}, "Patient/p2"]
-    keys = [k for k in READING if k != "resourceType"] + ["extension", "effectivePeriod"]
-    lines = []
-    for number in range(2_000):
-        changes: dict[str, Any] = {"id": f"obs{number}"}
-        for key in rng.sample(keys, rng.randint(1, 3)):
-            changes[key] = rng.choice([DROP, *junk])
-        lines.append(variant(changes))
+    lines = damaged_variants(READING, ["extension", "effectivePeriod"], junk, 2_000, 3, "obs", seed=7)
     fast, tolerant, took = both_ways(lines)
     assert fast == tolerant
     assert 0 < sum(took) < len(took)
@@ -325,7 +340,6 @@ def test_communication_fast_path_reads_exactly_what_add_reads(changes: dict[str,
 
 
 def test_communication_random_damage_never_makes_the_paths_differ() -> None:
-    rng = random.Random(11)
     junk: list[Any] = [
         None,
         "",
@@ -341,13 +355,8 @@ def test_communication_random_damage_never_makes_the_paths_differ() -> None:
         [{"coding": [{"system": MODE, "code": "EMAILWRIT"}]}],
         {"text": "t"},
     ]
-    keys = [k for k in CALL if k != "resourceType"] + ["encounter", "statusReason", "contained"]
-    lines = []
-    for number in range(2_000):
-        changes: dict[str, Any] = {"id": f"call{number}"}
-        for key in rng.sample(keys, rng.randint(1, 3)):
-            changes[key] = rng.choice([DROP, *junk])
-        lines.append(call(changes))
+    extra = ["encounter", "statusReason", "contained"]
+    lines = damaged_variants(CALL, extra, junk, 2_000, 3, "call", seed=11)
     fast, tolerant, took = both_ways(lines, context=(RELATED, ENCOUNTER))
     assert fast == tolerant
     assert 0 < sum(took) < len(took)
@@ -406,15 +415,9 @@ def test_time_entry_fast_path_reads_exactly_what_add_reads(changes: dict[str, An
 
 
 def test_time_entry_random_damage_never_makes_the_paths_differ() -> None:
-    rng = random.Random(5)
     junk: list[Any] = [None, "", 0, [], {}, ["x"], [{}], {"start": "2026-03-12T09:00:00Z"}, {"text": "t"}]
-    keys = [k for k in TIME_ENTRY if k != "resourceType"] + ["contained", "extension", "effectiveDateTime"]
-    lines = []
-    for number in range(1_000):
-        changes: dict[str, Any] = {"id": f"te{number}"}
-        for key in rng.sample(keys, rng.randint(1, 2)):
-            changes[key] = rng.choice([DROP, *junk])
-        lines.append(variant(changes, TIME_ENTRY))
+    extra = ["contained", "extension", "effectiveDateTime"]
+    lines = damaged_variants(TIME_ENTRY, extra, junk, 1_000, 2, "te", seed=5)
     fast, tolerant, took = both_ways(lines, context=(RELATED,))
     assert fast == tolerant
     assert 0 < sum(took) < len(took)
